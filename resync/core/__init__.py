@@ -1,0 +1,1 @@
+"""Core of resync: errors, metrics, resilience and the pools."""

@@ -1,0 +1,350 @@
+"""One error hierarchy for the whole connection layer.
+
+Every error resync raises on purpose is a :class:`ResyncError`. Errors that come
+from a pool carry the pool's name (``exc.pool_name``) and say in their message
+what to change. Backend (driver) errors are translated at the boundary of each
+pool and chained with ``raise ... from exc``, so the original is never lost.
+
+The tree::
+
+    ResyncError
+    ├── ConfigurationError (ValueError)        bad settings or pool config
+    │   ├── SettingsError                        an environment variable broke a rule
+    │   └── PoolConfigError                      a ConnectionPoolConfig field broke a rule
+    ├── PoolError                                anything a pool refuses; has .pool_name
+    │   ├── PoolTimeoutError (TimeoutError)      no connection within connection_timeout
+    │   ├── PoolClosedError                      lease after close(): "... is shutdown"
+    │   ├── PoolNotInitializedError              lease before initialize()
+    │   ├── PoolOverloadedError                  max_waiting reached: shed at once
+    │   ├── BackendUnavailableError              circuit breaker open: fail fast
+    │   ├── PoolSetupError                       initialize() could not reach the backend
+    │   └── ManagerError                         pool manager misuse or failed start
+    ├── DatabaseError                            seed family: SQL databases and Redis
+    │   ├── DatabasePoolTimeoutError   (+ PoolTimeoutError)
+    │   ├── DatabasePoolClosedError    (+ PoolClosedError)
+    │   ├── DatabasePoolNotInitializedError (+ PoolNotInitializedError)
+    │   ├── DatabasePoolOverloadedError (+ PoolOverloadedError)
+    │   ├── DatabaseUnavailableError   (+ BackendUnavailableError)
+    │   ├── DatabaseSetupError         (+ PoolSetupError)
+    │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
+    │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
+    │       ├── RedisPoolClosedError   (+ PoolClosedError)
+    │       ├── RedisPoolNotInitializedError (+ PoolNotInitializedError)
+    │       ├── RedisPoolOverloadedError (+ PoolOverloadedError)
+    │       ├── RedisUnavailableError  (+ BackendUnavailableError)
+    │       └── RedisSetupError        (+ PoolSetupError)
+    └── TWSConnectionError                       seed family: upstream HTTP APIs
+        ├── HTTPPoolTimeoutError       (+ PoolTimeoutError)
+        ├── HTTPPoolClosedError        (+ PoolClosedError)
+        ├── HTTPPoolNotInitializedError (+ PoolNotInitializedError)
+        ├── HTTPPoolOverloadedError    (+ PoolOverloadedError)
+        ├── HTTPUnavailableError       (+ BackendUnavailableError)
+        ├── HTTPSetupError             (+ PoolSetupError)
+        ├── HTTPConnectError                     could not connect to the upstream
+        ├── HTTPTimeoutError (TimeoutError)      the upstream did not answer in time
+        ├── HTTPProtocolError                    the upstream broke the protocol
+        └── HTTPStatusError                      status >= 500 when asked to raise
+
+So a database pool's "not initialized" is caught by ``except DatabaseError``,
+by ``except PoolNotInitializedError`` and by ``except PoolError`` alike; a
+timeout of any pool is also a builtin :class:`TimeoutError`.
+
+Each backend declares its family once as an :class:`ErrorFamily`; the shared
+lease path in :mod:`resync.core.pools.base_pool` raises from that family, so no
+backend re-implements admission errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DATABASE_ERRORS",
+    "GENERIC_ERRORS",
+    "HTTP_ERRORS",
+    "REDIS_ERRORS",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabasePoolClosedError",
+    "DatabasePoolNotInitializedError",
+    "DatabasePoolOverloadedError",
+    "DatabasePoolTimeoutError",
+    "DatabaseSetupError",
+    "DatabaseUnavailableError",
+    "ErrorFamily",
+    "HTTPConnectError",
+    "HTTPPoolClosedError",
+    "HTTPPoolNotInitializedError",
+    "HTTPPoolOverloadedError",
+    "HTTPPoolTimeoutError",
+    "HTTPProtocolError",
+    "HTTPSetupError",
+    "HTTPStatusError",
+    "HTTPTimeoutError",
+    "HTTPUnavailableError",
+    "ManagerError",
+    "PoolClosedError",
+    "PoolConfigError",
+    "PoolError",
+    "PoolNotInitializedError",
+    "PoolOverloadedError",
+    "PoolSetupError",
+    "PoolTimeoutError",
+    "RedisPoolClosedError",
+    "RedisPoolError",
+    "RedisPoolNotInitializedError",
+    "RedisPoolOverloadedError",
+    "RedisPoolTimeoutError",
+    "RedisSetupError",
+    "RedisUnavailableError",
+    "ResyncError",
+    "SettingsError",
+    "TWSConnectionError",
+]
+
+
+class ResyncError(Exception):
+    """Root of every error resync raises on purpose.
+
+    ``pool_name`` names the pool the error is about, or is ``None`` when the
+    error is not about one pool (settings, for example).
+    """
+
+    def __init__(self, message: str = "", *, pool_name: str | None = None) -> None:
+        super().__init__(message)
+        self.pool_name = pool_name
+
+
+# --- configuration -----------------------------------------------------------
+
+
+class ConfigurationError(ResyncError, ValueError):
+    """A setting or a pool option has a value that cannot work."""
+
+
+class SettingsError(ConfigurationError):
+    """One or more environment variables (or ``.env`` entries) are invalid.
+
+    ``errors`` lists ``(variable, rule)`` pairs, one per broken rule.
+    """
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
+
+
+class PoolConfigError(ConfigurationError):
+    """A :class:`~resync.core.pools.base_pool.ConnectionPoolConfig` field is invalid."""
+
+
+# --- generic pool errors -----------------------------------------------------
+
+
+class PoolError(ResyncError):
+    """A pool refused or could not complete a lease, a setup or a close."""
+
+
+class PoolTimeoutError(PoolError, TimeoutError):
+    """No connection became free within ``connection_timeout``.
+
+    Also a builtin :class:`TimeoutError` (and so an ``asyncio.TimeoutError``).
+    """
+
+
+class PoolClosedError(PoolError):
+    """The pool is shut down (or shutting down) and takes no new leases."""
+
+
+class PoolNotInitializedError(PoolError):
+    """The pool was used before ``await pool.initialize()``."""
+
+
+class PoolOverloadedError(PoolError):
+    """``max_waiting`` callers are already queued; the lease is refused at once."""
+
+
+class BackendUnavailableError(PoolError):
+    """The pool's circuit breaker is open: the backend is failing, so fail fast."""
+
+
+class PoolSetupError(PoolError):
+    """``initialize()`` could not set up the driver or reach the backend."""
+
+
+class ManagerError(PoolError):
+    """The pool manager was misused or could not start all of its pools."""
+
+
+# --- database family (seed: DatabaseError) -------------------------------------
+
+
+class DatabaseError(ResyncError):
+    """Seed family for SQL database and Redis errors.
+
+    SQLAlchemy errors raised inside a lease come out as
+    ``DatabaseError("Database operation failed: ...")``.
+    """
+
+
+class DatabasePoolTimeoutError(DatabaseError, PoolTimeoutError):
+    """A database pool had no free connection within ``connection_timeout``."""
+
+
+class DatabasePoolClosedError(DatabaseError, PoolClosedError):
+    """A database pool is shut down."""
+
+
+class DatabasePoolNotInitializedError(DatabaseError, PoolNotInitializedError):
+    """A database pool was used before ``initialize()``."""
+
+
+class DatabasePoolOverloadedError(DatabaseError, PoolOverloadedError):
+    """A database pool's wait queue is full."""
+
+
+class DatabaseUnavailableError(DatabaseError, BackendUnavailableError):
+    """A database pool's circuit breaker is open."""
+
+
+class DatabaseSetupError(DatabaseError, PoolSetupError):
+    """A database pool could not be set up ("Failed to setup ...")."""
+
+
+# --- Redis family (a DatabaseError, as in the seed) ----------------------------
+
+
+class RedisPoolError(DatabaseError):
+    """Root of the Redis family: Redis errors raised inside a lease come out here."""
+
+
+class RedisPoolTimeoutError(RedisPoolError, PoolTimeoutError):
+    """A Redis pool had no free connection within ``connection_timeout``."""
+
+
+class RedisPoolClosedError(RedisPoolError, PoolClosedError):
+    """A Redis pool is shut down."""
+
+
+class RedisPoolNotInitializedError(RedisPoolError, PoolNotInitializedError):
+    """A Redis pool was used before ``initialize()``."""
+
+
+class RedisPoolOverloadedError(RedisPoolError, PoolOverloadedError):
+    """A Redis pool's wait queue is full."""
+
+
+class RedisUnavailableError(RedisPoolError, BackendUnavailableError):
+    """A Redis pool's circuit breaker is open."""
+
+
+class RedisSetupError(RedisPoolError, PoolSetupError):
+    """A Redis pool could not be set up or could not PING the server."""
+
+
+# --- HTTP family (seed: TWSConnectionError) ------------------------------------
+
+
+class TWSConnectionError(ResyncError):
+    """Seed family for upstream HTTP API errors (httpx errors are mapped here)."""
+
+
+class HTTPPoolTimeoutError(TWSConnectionError, PoolTimeoutError):
+    """An HTTP pool had no free lease within ``connection_timeout``."""
+
+
+class HTTPPoolClosedError(TWSConnectionError, PoolClosedError):
+    """An HTTP pool is shut down."""
+
+
+class HTTPPoolNotInitializedError(TWSConnectionError, PoolNotInitializedError):
+    """An HTTP pool was used before ``initialize()``."""
+
+
+class HTTPPoolOverloadedError(TWSConnectionError, PoolOverloadedError):
+    """An HTTP pool's wait queue is full."""
+
+
+class HTTPUnavailableError(TWSConnectionError, BackendUnavailableError):
+    """An HTTP pool's circuit breaker is open: the upstream is failing."""
+
+
+class HTTPSetupError(TWSConnectionError, PoolSetupError):
+    """An HTTP pool could not be set up."""
+
+
+class HTTPConnectError(TWSConnectionError):
+    """A connection to the upstream could not be established."""
+
+
+class HTTPTimeoutError(TWSConnectionError, TimeoutError):
+    """The upstream did not connect, accept or answer within the timeout."""
+
+
+class HTTPProtocolError(TWSConnectionError):
+    """The upstream closed the connection or broke the HTTP protocol."""
+
+
+class HTTPStatusError(TWSConnectionError):
+    """The upstream answered with a server error (status >= 500)."""
+
+
+# --- families -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFamily:
+    """The exception classes one backend raises for the shared lease path.
+
+    The base pool raises ``family.timeout`` on an acquire timeout, and so on,
+    so each backend's errors stay catchable both by family and by kind.
+    """
+
+    base: type[ResyncError]
+    timeout: type[PoolTimeoutError]
+    closed: type[PoolClosedError]
+    not_initialized: type[PoolNotInitializedError]
+    overloaded: type[PoolOverloadedError]
+    unavailable: type[BackendUnavailableError]
+    setup: type[PoolSetupError]
+
+
+GENERIC_ERRORS = ErrorFamily(
+    base=PoolError,
+    timeout=PoolTimeoutError,
+    closed=PoolClosedError,
+    not_initialized=PoolNotInitializedError,
+    overloaded=PoolOverloadedError,
+    unavailable=BackendUnavailableError,
+    setup=PoolSetupError,
+)
+
+DATABASE_ERRORS = ErrorFamily(
+    base=DatabaseError,
+    timeout=DatabasePoolTimeoutError,
+    closed=DatabasePoolClosedError,
+    not_initialized=DatabasePoolNotInitializedError,
+    overloaded=DatabasePoolOverloadedError,
+    unavailable=DatabaseUnavailableError,
+    setup=DatabaseSetupError,
+)
+
+REDIS_ERRORS = ErrorFamily(
+    base=RedisPoolError,
+    timeout=RedisPoolTimeoutError,
+    closed=RedisPoolClosedError,
+    not_initialized=RedisPoolNotInitializedError,
+    overloaded=RedisPoolOverloadedError,
+    unavailable=RedisUnavailableError,
+    setup=RedisSetupError,
+)
+
+HTTP_ERRORS = ErrorFamily(
+    base=TWSConnectionError,
+    timeout=HTTPPoolTimeoutError,
+    closed=HTTPPoolClosedError,
+    not_initialized=HTTPPoolNotInitializedError,
+    overloaded=HTTPPoolOverloadedError,
+    unavailable=HTTPUnavailableError,
+    setup=HTTPSetupError,
+)

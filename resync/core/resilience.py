@@ -1,0 +1,201 @@
+"""Circuit breaker (and, with the HTTP pool, retry policy) for the pools.
+
+Why not a library: pybreaker is built for threads (its async path needs
+Tornado), aiobreaker has had no release since 2020, and purgatory keeps its
+state behind an async storage API and raises its own exceptions. A pool needs
+a breaker whose ``allow()`` is a synchronous O(1) check on the lease hot path
+(no ``await`` when closed), whose outcomes are reported by the pool itself, and
+whose state lives in the pool's stats. That is ~100 lines, written here.
+
+States::
+
+    closed ──(failure_threshold consecutive failures)──▶ open
+    open ──(recovery_timeout elapsed)──▶ half_open
+    half_open ──(success_threshold successes)──▶ closed
+    half_open ──(any failure)──▶ open
+
+While open, ``allow()`` is False: a lease fails at once with the pool family's
+"backend unavailable" error and no traffic reaches the backend. Half-open admits
+at most ``half_open_max_calls`` probes per ``recovery_timeout``; if no probe
+reports back in that time (a caller was cancelled), new probes are admitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["BreakerState", "CircuitBreaker", "CircuitBreakerConfig"]
+
+logger = logging.getLogger("resync.resilience")
+
+
+class BreakerState(StrEnum):
+    """The three states of a :class:`CircuitBreaker`."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+#: Numeric codes for metrics (Prometheus gauges need numbers).
+STATE_CODES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerConfig:
+    """Thresholds of a :class:`CircuitBreaker` (durations in seconds)."""
+
+    failure_threshold: int = 5
+    recovery_timeout: float = 30.0
+    half_open_max_calls: int = 1
+    success_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        if not self.recovery_timeout > 0:
+            raise ValueError("recovery_timeout must be > 0")
+        if self.half_open_max_calls < 1:
+            raise ValueError("half_open_max_calls must be >= 1")
+        if self.success_threshold < 1:
+            raise ValueError("success_threshold must be >= 1")
+
+
+class CircuitBreaker:
+    """A consecutive-failure circuit breaker for one pool.
+
+    Not a context manager on purpose: the pool calls :meth:`allow` before it
+    queues, and :meth:`record_success` / :meth:`record_failure` when it knows
+    the outcome, so the breaker never awaits and never sees user errors that
+    are not the backend's fault.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_consecutive_failures",
+        "_half_open_successes",
+        "_opened_at",
+        "_probe_window_start",
+        "_probes",
+        "config",
+        "name",
+        "opened_count",
+        "rejected_count",
+        "state",
+        "total_failures",
+        "total_successes",
+        "transitions",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.config = config or CircuitBreakerConfig()
+        self._clock = clock
+        self.state = BreakerState.CLOSED
+        self._consecutive_failures = 0
+        self._half_open_successes = 0
+        self._opened_at = 0.0
+        self._probe_window_start = 0.0
+        self._probes = 0
+        self.total_failures = 0
+        self.total_successes = 0
+        self.rejected_count = 0
+        self.opened_count = 0
+        self.transitions = 0
+
+    def allow(self) -> bool:
+        """May a call go to the backend now? (O(1), never awaits.)"""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        now = self._clock()
+        if state is BreakerState.OPEN:
+            if now - self._opened_at < self.config.recovery_timeout:
+                self.rejected_count += 1
+                return False
+            self._move(BreakerState.HALF_OPEN)
+            self._probe_window_start = now
+            self._probes = 0
+            self._half_open_successes = 0
+        # half-open: a bounded number of probes per window
+        if now - self._probe_window_start >= self.config.recovery_timeout:
+            self._probe_window_start = now
+            self._probes = 0
+        if self._probes < self.config.half_open_max_calls:
+            self._probes += 1
+            return True
+        self.rejected_count += 1
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the breaker will admit a probe (0 when it admits now)."""
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self.config.recovery_timeout - (self._clock() - self._opened_at))
+        return 0.0
+
+    def record_success(self) -> None:
+        """The backend answered: count it, and close a half-open breaker."""
+        self.total_successes += 1
+        if self.state is BreakerState.CLOSED:
+            self._consecutive_failures = 0
+            return
+        if self.state is BreakerState.HALF_OPEN:
+            self._half_open_successes += 1
+            if self._half_open_successes >= self.config.success_threshold:
+                self._consecutive_failures = 0
+                self._move(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        """The backend failed: open after enough failures (at once if half-open)."""
+        self.total_failures += 1
+        self._consecutive_failures += 1
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED
+            and self._consecutive_failures >= self.config.failure_threshold
+        ):
+            self._opened_at = self._clock()
+            self.opened_count += 1
+            self._move(BreakerState.OPEN)
+
+    def reset(self) -> None:
+        """Force the breaker closed (operator action or tests)."""
+        self._consecutive_failures = 0
+        self._half_open_successes = 0
+        if self.state is not BreakerState.CLOSED:
+            self._move(BreakerState.CLOSED)
+
+    def _move(self, new: BreakerState) -> None:
+        old, self.state = self.state, new
+        self.transitions += 1
+        log = logger.warning if new is BreakerState.OPEN else logger.info
+        log("circuit breaker of pool '%s': %s -> %s", self.name, old.value, new.value)
+
+    def snapshot(self) -> dict[str, Any]:
+        """State and counts, for pool stats and metrics."""
+        return {
+            "state": self.state.value,
+            "consecutive_failures": self._consecutive_failures,
+            "total_failures": self.total_failures,
+            "total_successes": self.total_successes,
+            "rejected": self.rejected_count,
+            "opened": self.opened_count,
+            "transitions": self.transitions,
+            "retry_after": round(self.retry_after(), 3),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<CircuitBreaker '{self.name}' {self.state.value} "
+            f"failures={self._consecutive_failures}/{self.config.failure_threshold}>"
+        )

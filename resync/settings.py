@@ -1,0 +1,211 @@
+"""Settings read from the environment and from ``.env``.
+
+Every field is named exactly as the environment variable that sets it
+(``DATABASE_URL``, ``DB_POOL_MAX_SIZE`` ...). Values are validated when the
+object is built; a bad value raises :class:`~resync.core.exceptions.SettingsError`
+whose message names each variable and the rule it broke, with secrets hidden.
+
+``settings`` is the process-wide instance the pool manager reads by default;
+tests and embedding applications pass their own ``Settings(...)`` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from resync.core.exceptions import SettingsError
+from resync.core.redact import mask_url
+
+__all__ = ["BACKEND_PREFIXES", "URL_FIELDS", "Settings", "settings"]
+
+#: Fields whose values may carry credentials; masked wherever settings are shown.
+URL_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL", "TWS_BASE_URL"})
+
+#: Prefix of the six pool variables of each backend.
+BACKEND_PREFIXES = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
+
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+
+class Settings(BaseSettings):
+    """Everything resync reads from the environment.
+
+    The six pool variables exist once per backend with the prefixes ``DB_``,
+    ``REDIS_`` and ``HTTP_``: ``*_POOL_MIN_SIZE``, ``*_POOL_MAX_SIZE``,
+    ``*_POOL_IDLE_TIMEOUT``, ``*_POOL_CONNECT_TIMEOUT``,
+    ``*_POOL_HEALTH_CHECK_INTERVAL`` and ``*_POOL_MAX_LIFETIME`` (seconds).
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    # --- database (always on; embedded SQLite by default) ---
+    DATABASE_URL: str = Field(
+        default="sqlite+aiosqlite:///:memory:",
+        description="SQLAlchemy URL; sqlite+aiosqlite or postgresql+asyncpg.",
+    )
+    DB_POOL_MIN_SIZE: int = Field(default=2, ge=0, description="Connections opened at start.")
+    DB_POOL_MAX_SIZE: int = Field(default=10, ge=1, description="Hard cap on leases at once.")
+    DB_POOL_IDLE_TIMEOUT: float = Field(default=300.0, ge=0, description="Idle close after (s).")
+    DB_POOL_CONNECT_TIMEOUT: float = Field(default=10.0, gt=0, description="Acquire timeout (s).")
+    DB_POOL_HEALTH_CHECK_INTERVAL: float = Field(
+        default=30.0, ge=0, description="Background check period (s); 0 disables."
+    )
+    DB_POOL_MAX_LIFETIME: float = Field(
+        default=1800.0, ge=0, description="Recycle connections after (s); 0 = never."
+    )
+    DB_POOL_MAX_WAITING: int = Field(default=0, ge=0, description="Queue cap; 0 = unbounded.")
+
+    # --- Redis (on when REDIS_URL is set) ---
+    REDIS_URL: str | None = Field(default=None, description="redis://, rediss:// or unix://")
+    REDIS_POOL_MIN_SIZE: int = Field(default=1, ge=0)
+    REDIS_POOL_MAX_SIZE: int = Field(default=10, ge=1)
+    REDIS_POOL_IDLE_TIMEOUT: float = Field(default=300.0, ge=0)
+    REDIS_POOL_CONNECT_TIMEOUT: float = Field(default=5.0, gt=0)
+    REDIS_POOL_HEALTH_CHECK_INTERVAL: float = Field(default=30.0, ge=0)
+    REDIS_POOL_MAX_LIFETIME: float = Field(default=1800.0, ge=0)
+    REDIS_POOL_MAX_WAITING: int = Field(default=0, ge=0)
+    REDIS_REQUIRED: bool = Field(default=False, description="Readiness fails if Redis is down.")
+
+    # --- upstream HTTP API (on when TWS_BASE_URL is set) ---
+    TWS_BASE_URL: str | None = Field(default=None, description="http(s):// base of the API.")
+    HTTP_POOL_MIN_SIZE: int = Field(default=1, ge=0)
+    HTTP_POOL_MAX_SIZE: int = Field(default=20, ge=1)
+    HTTP_POOL_IDLE_TIMEOUT: float = Field(default=60.0, ge=0)
+    HTTP_POOL_CONNECT_TIMEOUT: float = Field(default=10.0, gt=0)
+    HTTP_POOL_HEALTH_CHECK_INTERVAL: float = Field(default=30.0, ge=0)
+    HTTP_POOL_MAX_LIFETIME: float = Field(default=1800.0, ge=0)
+    HTTP_POOL_MAX_WAITING: int = Field(default=0, ge=0)
+    HTTP_ENABLE_HTTP2: bool = Field(default=False, description="Needs the h2 extra.")
+    HTTP_REQUIRED: bool = Field(default=False, description="Readiness fails if it is down.")
+
+    # --- process ---
+    POOL_DRAIN_TIMEOUT: float = Field(
+        default=20.0, ge=0, description="Seconds close waits for active leases."
+    )
+    WORKERS: int = Field(default=1, ge=1, description="Processes x replicas sharing budgets.")
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    HOST: str = Field(default="127.0.0.1", description="Address `resync serve` binds.")
+    PORT: int = Field(default=8000, ge=0, le=65535, description="Port `resync serve` binds.")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _settings_error(exc) from None
+
+    # --- validation ---
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if not value.strip():
+            raise ValueError("must not be empty (e.g. sqlite+aiosqlite:///:memory:)")
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "must be a SQLAlchemy URL such as postgresql+asyncpg://user:pass@host/db"
+            ) from None
+        return value
+
+    @field_validator("REDIS_URL", "TWS_BASE_URL", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            _ = parts.port
+        except ValueError:
+            raise ValueError("must be a URL such as redis://host:6379/0") from None
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
+        return value
+
+    @field_validator("TWS_BASE_URL")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            _ = parts.port
+        except ValueError:
+            raise ValueError("must be a URL such as https://api.example.com") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @model_validator(mode="after")
+    def _check_min_max(self) -> Settings:
+        broken = []
+        for prefix in BACKEND_PREFIXES.values():
+            low = getattr(self, f"{prefix}_POOL_MIN_SIZE")
+            high = getattr(self, f"{prefix}_POOL_MAX_SIZE")
+            if high < low:
+                broken.append(
+                    f"{prefix}_POOL_MAX_SIZE ({high}) must be >= {prefix}_POOL_MIN_SIZE ({low})"
+                )
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
+
+    # --- display ---
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in URL_FIELDS and value is not None:
+                yield name, mask_url(value)
+            else:
+                yield name, value
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting as a plain dict, with the password of each URL masked."""
+        data = self.model_dump()
+        for name in URL_FIELDS:
+            if data.get(name) is not None:
+                data[name] = mask_url(data[name])
+        return data
+
+
+def _settings_error(exc: ValidationError) -> SettingsError:
+    """Turn pydantic's error into one line per variable, naming the rule broken."""
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "settings"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append((loc.upper() if loc != "settings" else loc, message))
+    lines = [f"  {name}: {rule}" for name, rule in problems]
+    text = "Invalid resync settings (environment or .env):\n" + "\n".join(lines)
+    return SettingsError(text, problems)
+
+
+settings: Settings = Settings()

@@ -1,0 +1,1 @@
+"""Shared helpers for resync's own test-suite (servers, ports, fakes)."""
