@@ -1,4 +1,4 @@
-"""Circuit breaker (and, with the HTTP pool, retry policy) for the pools.
+"""Circuit breaker and retry policy for the pools.
 
 Why not a library: pybreaker is built for threads (its async path needs
 Tornado), aiobreaker has had no release since 2020, and purgatory keeps its
@@ -18,18 +18,44 @@ While open, ``allow()`` is False: a lease fails at once with the pool family's
 "backend unavailable" error and no traffic reaches the backend. Half-open admits
 at most ``half_open_max_calls`` probes per ``recovery_timeout``; if no probe
 reports back in that time (a caller was cancelled), new probes are admitted.
+
+:class:`RetryPolicy` retries an operation with exponential backoff and full
+jitter (tenacity's ``wait_random_exponential``). It never decides on its own
+what is safe to retry: the caller passes ``retry_if``, because only the caller
+knows whether a failed attempt may have reached the backend (the HTTP pool
+retries connect failures always, dropped connections only for idempotent
+methods). The first attempt runs without tenacity, so a success costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
-__all__ = ["BreakerState", "CircuitBreaker", "CircuitBreakerConfig"]
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+__all__ = [
+    "BreakerSpec",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "RetryPolicy",
+    "build_circuit_breaker",
+]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("resync.resilience")
 
@@ -199,3 +225,108 @@ class CircuitBreaker:
             f"<CircuitBreaker '{self.name}' {self.state.value} "
             f"failures={self._consecutive_failures}/{self.config.failure_threshold}>"
         )
+
+
+#: What a pool constructor accepts for its breaker: ``True`` (defaults),
+#: ``False``/``None`` (none), a config, or a ready breaker (shared or tuned).
+BreakerSpec: TypeAlias = "CircuitBreaker | CircuitBreakerConfig | bool | None"
+
+
+def build_circuit_breaker(name: str, spec: BreakerSpec) -> CircuitBreaker | None:
+    """Turn a pool's ``circuit_breaker=`` argument into a breaker (or ``None``)."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return CircuitBreaker(name)
+    if isinstance(spec, CircuitBreakerConfig):
+        return CircuitBreaker(name, spec)
+    if isinstance(spec, CircuitBreaker):
+        return spec
+    raise TypeError(
+        "circuit_breaker must be True, False, None, a CircuitBreakerConfig or a "
+        f"CircuitBreaker, got {type(spec).__name__}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded in attempts and time.
+
+    - ``max_attempts``: total tries including the first (1 disables retries).
+    - ``initial_backoff``: the first wait is drawn from ``[0, initial_backoff]``;
+      each later window doubles, capped at ``max_backoff`` ("full jitter", so
+      clients that failed together do not retry together).
+    - ``max_elapsed``: stop retrying once this many seconds have passed since
+      the first retry began (``None``: attempts alone bound it).
+    """
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    max_elapsed: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0:
+            raise ValueError("initial_backoff and max_backoff must be >= 0")
+        if self.max_elapsed is not None and self.max_elapsed <= 0:
+            raise ValueError("max_elapsed must be > 0 (or None)")
+
+    async def call(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        retry_if: Callable[[BaseException], bool],
+        on_retry: Callable[[int, BaseException], None] | None = None,
+    ) -> T:
+        """Run ``operation``; retry it while it fails with an error ``retry_if`` accepts.
+
+        Returns the first success; re-raises the last error once attempts or
+        ``max_elapsed`` run out, or at once for an error ``retry_if`` refuses.
+        ``on_retry(attempt, error)`` is called before each wait. Cancellation
+        (during an attempt or a wait) propagates at once and is never retried.
+        """
+        try:
+            return await operation()
+        except Exception as exc:
+            if self.max_attempts < 2 or not retry_if(exc):
+                raise
+            failed: BaseException = exc
+        return await self._retry(operation, failed, retry_if, on_retry)
+
+    async def _retry(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        failed: BaseException,
+        retry_if: Callable[[BaseException], bool],
+        on_retry: Callable[[int, BaseException], None] | None,
+    ) -> T:
+        replayed = False
+
+        # tenacity runs the whole loop from attempt 1; the first attempt already
+        # happened on the fast path, so its failure is replayed instead of re-run.
+        async def attempt() -> T:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                raise failed
+            return await operation()
+
+        def before_sleep(state: RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None:
+                error = state.outcome.exception()
+                if error is not None:
+                    on_retry(state.attempt_number, error)
+
+        stop: stop_base = stop_after_attempt(self.max_attempts)
+        if self.max_elapsed is not None:
+            stop = stop | stop_after_delay(self.max_elapsed)
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=wait_random_exponential(multiplier=self.initial_backoff, max=self.max_backoff),
+            retry=retry_if_exception(retry_if),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return await retrying(attempt)

@@ -1,0 +1,396 @@
+"""Redis pool: ``async with pool.get_connection() as client`` over redis.asyncio.
+
+A lease yields a ``redis.asyncio.Redis`` bound to one connection of the pool
+(see :mod:`resync.core.pools.redis_slot`), not a client over a shared pool:
+
+- admission equals connections: ``max_size`` leases are ``max_size`` sockets,
+  and a command, pipeline or pub/sub in a lease never waits inside redis-py;
+- the pool sees how each lease ended, so a connection whose state is unknown
+  (the lease was cancelled or timed out with a command in flight, a pipeline
+  or pub/sub was left open) has its socket closed instead of being handed on:
+  no reply can reach the next user of the connection (CVE-2023-28858 class);
+- a command on the leased client skips redis-py's per-command pool checkout,
+  so a lease with one command costs about what one bare redis-py command does.
+
+The driver is a ``redis.asyncio.BlockingConnectionPool`` capped at ``max_size``
+with ``timeout=connection_timeout``; it parses the URL (``redis://``,
+``rediss://``, ``unix://``, password and ACL user), makes the connections and
+closes them at the end. Callers wait in resync's FIFO admission, never in it.
+
+redis-py neither closes idle connections nor replaces old ones; a maintenance
+task does: idle connections above ``min_size`` are closed after
+``idle_timeout``; connections older than ``max_lifetime`` (jittered by -5%) are
+closed when next returned or found idle, and the pool is topped back up to
+``min_size``. ``0`` disables either rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
+from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.redis_slot import LeasedRedis, Slot
+from resync.core.redact import mask_url, url_secrets
+from resync.core.resilience import BreakerSpec, build_circuit_breaker
+
+__all__ = ["RedisConnectionPool"]
+
+logger = logging.getLogger("resync.pool.redis")
+
+_SCHEMES = frozenset({"redis", "rediss", "unix"})
+# Options resync derives from ConnectionPoolConfig; passing them would fight it.
+_RESERVED = frozenset({"max_connections", "timeout", "connection_pool", "connection_class"})
+
+
+class _DriverExhausted(TimeoutError):
+    """The driver had no connection left: reported as the pool's timeout error."""
+
+
+def _is_driver_exhausted(error: BaseException) -> bool:
+    return isinstance(error, MaxConnectionsError) or (
+        isinstance(error, RedisConnectionError) and str(error).startswith("No connection available")
+    )
+
+
+def _leaves_state_unknown(error: BaseException) -> bool:
+    """Could ``error`` have interrupted a command (so a reply may still be on its way)?"""
+    if isinstance(error, ResponseError):
+        return False  # the server answered; the exchange is complete
+    if not isinstance(error, Exception):
+        return True  # cancelled or interrupted
+    return isinstance(error, TimeoutError | OSError | BaseExceptionGroup | RedisError)
+
+
+class RedisConnectionPool(ConnectionPool[Redis]):
+    """A pool of Redis connections leased one per caller.
+
+    ``redis_url`` is any URL redis-py accepts; ``client_options`` go to the
+    driver (``decode_responses``, ``ssl_ca_certs``, ``socket_timeout``...).
+    Defaults: ``decode_responses=True``, connect and socket timeouts equal to
+    ``connection_timeout``, TCP keepalive, and two jittered retries of a
+    command that failed on a dead socket (a restarted server costs callers
+    nothing once it is back). ``circuit_breaker`` is off unless given.
+    Raises ``PoolConfigError`` (a ``ValueError``) for an empty or non-Redis URL.
+    """
+
+    backend = "redis"
+    errors = REDIS_ERRORS
+
+    def __init__(
+        self,
+        config: ConnectionPoolConfig,
+        redis_url: str,
+        *,
+        circuit_breaker: BreakerSpec = None,
+        **client_options: Any,
+    ) -> None:
+        if not isinstance(redis_url, str) or not redis_url.strip():
+            raise PoolConfigError("redis_url cannot be empty: pass redis://host:port/db")
+        scheme = urlsplit(redis_url.strip()).scheme
+        if scheme not in _SCHEMES:
+            raise PoolConfigError(
+                f"redis_url must start with redis://, rediss:// or unix://, got "
+                f"{mask_url(redis_url)!r}"
+            )
+        reserved = _RESERVED.intersection(client_options)
+        if reserved:
+            raise PoolConfigError(
+                f"{', '.join(sorted(reserved))} cannot be passed to RedisConnectionPool: "
+                "sizes and timeouts come from ConnectionPoolConfig"
+            )
+        super().__init__(config)
+        self.redis_url = redis_url.strip()
+        self.client_options = client_options
+        self.circuit_breaker = build_circuit_breaker(config.pool_name, circuit_breaker)
+        self._connection_pool: BlockingConnectionPool | None = None
+        self._idle: list[Slot] = []  # open, not leased; the end is the most recently used
+        self._closed: list[Slot] = []  # socket closed; reopened before the next use
+        self._slots = 0
+        self._maintenance: asyncio.Task[None] | None = None
+        self._label = f"pool '{self.name}'"
+        self._secret_values = url_secrets(redis_url) + [
+            str(client_options[key])
+            for key in ("password", "ssl_password")
+            if client_options.get(key)
+        ]
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def _setup_pool(self) -> None:
+        cfg = self.config
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": cfg.connection_timeout,
+            "socket_timeout": cfg.connection_timeout,
+            "socket_keepalive": True,
+            "retry": Retry(
+                ExponentialWithJitterBackoff(base=0.02, cap=0.5),
+                retries=2,
+                supported_errors=(RedisConnectionError,),
+            ),
+        }
+        options.update(self.client_options)
+        self._connection_pool = BlockingConnectionPool.from_url(
+            self.redis_url,
+            max_connections=cfg.max_size,
+            timeout=cfg.connection_timeout,
+            **options,
+        )
+        # Even with min_size=0 one connection is opened: a bad URL, password or
+        # TLS setting must fail initialize(), not the first request.
+        for _ in range(max(cfg.min_size, 1)):
+            slot = await self._open_slot(cfg.connection_timeout)
+            try:
+                await self._ping_slot(slot)
+            finally:
+                self._idle.append(slot)
+        self._maintenance = asyncio.create_task(
+            self._maintain(), name=f"resync-redis-maintenance-{self.name}"
+        )
+
+    async def _close_pool(self) -> None:
+        task, self._maintenance = self._maintenance, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        driver, self._connection_pool = self._connection_pool, None
+        idle, self._idle = self._idle, []
+        for slot in idle:
+            await self._close_slot(slot)
+        if driver is not None:
+            # Also disconnects connections still leased (close drained or gave up).
+            await driver.aclose()
+
+    # --- leasing -------------------------------------------------------------------
+
+    async def _acquire_connection(self, timeout: float) -> Redis:
+        if self._idle:
+            slot = self._idle.pop()
+        elif self._closed:
+            slot = self._closed.pop()
+            await self._connect(slot, timeout)
+        else:
+            slot = await self._open_slot(timeout)
+        slot.adapter.active = True
+        return slot.client
+
+    async def _release_connection(self, connection: Redis, error: BaseException | None) -> None:
+        slot = connection._resync_slot if isinstance(connection, LeasedRedis) else None
+        if slot is None:  # pragma: no cover - only LeasedRedis objects are handed out
+            return
+        adapter = slot.adapter
+        adapter.active = False
+        conn = slot.conn
+        now = time.monotonic()
+        if error is not None and self._is_backend_failure(error):
+            self.stats.connection_errors += 1
+        if (
+            (error is not None and _leaves_state_unknown(error))
+            or adapter.busy  # a command, pipeline or pub/sub still holds it
+            or not conn.is_connected
+            or conn.should_reconnect()  # type: ignore[no-untyped-call]
+            or now >= slot.expires_at
+            or self._shutdown
+        ):
+            await self._close_slot(slot)
+            return
+        slot.last_used = now
+        self._idle.append(slot)
+
+    async def _ping(self, connection: Redis) -> None:
+        if await connection.ping() is not True:
+            raise RedisConnectionError("PING did not answer PONG")
+
+    # --- slots -----------------------------------------------------------------------
+
+    async def _open_slot(self, timeout: float) -> Slot:
+        """Take a new connection object from the driver and connect it."""
+        driver = self._connection_pool
+        if driver is None:
+            raise self._closed_error()
+        try:
+            conn = driver.get_available_connection()  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            if _is_driver_exhausted(exc):
+                raise _DriverExhausted(str(exc)) from exc
+            raise
+        self._slots += 1
+        slot = Slot(driver, conn, self._label, self._make_client)
+        slot.adapter.set_turn_timeout(self.config.connection_timeout)
+        await self._connect(slot, timeout)
+        return slot
+
+    def _make_client(self, adapter: Any) -> LeasedRedis:
+        return LeasedRedis(connection_pool=adapter)
+
+    async def _connect(self, slot: Slot, timeout: float) -> None:
+        """Open the slot's socket within ``timeout``; on any failure it stays closed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await slot.conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            # Interrupted mid-handshake a redis-py connection still looks
+            # connected (AUTH/SELECT maybe not sent): close it for certain.
+            await self._disconnect(slot.conn)
+            self._closed.append(slot)
+            raise
+        self.stats.connection_creations += 1
+        lifetime = self.config.max_lifetime
+        slot.expires_at = (
+            time.monotonic() + lifetime * random.uniform(0.95, 1.0) if lifetime else float("inf")
+        )
+        slot.last_used = time.monotonic()
+
+    async def _ping_slot(self, slot: Slot) -> None:
+        slot.adapter.active = True
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                await self._ping(slot.client)
+        finally:
+            slot.adapter.active = False
+
+    async def _close_slot(self, slot: Slot) -> None:
+        """Close the slot's socket (dropping any reply in flight); keep the slot."""
+        slot.adapter.reset()
+        try:
+            if slot.conn.is_connected:
+                self.stats.connection_closures += 1
+            await self._disconnect(slot.conn)
+        finally:
+            self._closed.append(slot)
+
+    async def _disconnect(self, conn: AbstractConnection) -> None:
+        try:
+            # nowait: close the socket without waiting for the peer; nothing
+            # here suspends, so a second cancellation cannot leave it half-open.
+            await conn.disconnect(nowait=True)
+        except Exception as exc:
+            logger.debug("pool '%s': error closing a connection: %s", self.name, self._scrub(exc))
+
+    # --- maintenance -------------------------------------------------------------------
+
+    def _maintenance_interval(self) -> float:
+        limits = [x for x in (self.config.idle_timeout, self.config.max_lifetime) if x > 0]
+        return min(max(min(limits) / 4, 0.05), 30.0) if limits else 30.0
+
+    async def _maintain(self) -> None:
+        interval = self._maintenance_interval()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._retire_idle(time.monotonic())
+                await self._top_up()
+            except Exception as exc:
+                logger.debug("pool '%s': maintenance: %s", self.name, self._scrub(exc))
+
+    async def _retire_idle(self, now: float) -> None:
+        """Close expired idle connections, then idle ones above ``min_size``."""
+        idle_timeout = self.config.idle_timeout
+        expired = [slot for slot in self._idle if now >= slot.expires_at]
+        surplus: list[Slot] = []
+        if idle_timeout:
+            open_now = self._open_connections() - len(expired)
+            for slot in self._idle:  # least recently used first
+                if open_now <= self.config.min_size:
+                    break
+                if slot not in expired and now - slot.last_used >= idle_timeout:
+                    surplus.append(slot)
+                    open_now -= 1
+        doomed = expired + surplus
+        if not doomed:
+            return
+        # Take them out of the idle list before any await: no lease can get them.
+        self._idle = [slot for slot in self._idle if slot not in doomed]
+        for slot in doomed:
+            await self._close_slot(slot)
+        logger.debug(
+            "pool '%s': closed %d expired and %d idle connections",
+            self.name,
+            len(expired),
+            len(surplus),
+        )
+
+    async def _top_up(self) -> None:
+        """Reopen connections up to ``min_size`` (each under an admission slot)."""
+        gate = self._gate
+        while self._open_connections() < self.config.min_size and not self._shutdown:
+            # Holding an admission slot while connecting keeps leases plus
+            # connections being opened within max_size.
+            if not gate.try_acquire():
+                return
+            try:
+                if self._closed:
+                    slot = self._closed.pop()
+                    await self._connect(slot, self.config.connection_timeout)
+                else:
+                    slot = await self._open_slot(self.config.connection_timeout)
+                self._idle.append(slot)
+            finally:
+                gate.release()
+
+    def _open_connections(self) -> int:
+        return self._slots - len(self._closed)
+
+    def _idle_connections(self) -> int:
+        return len(self._idle)
+
+    # --- errors --------------------------------------------------------------------------
+
+    def _map_error(self, error: BaseException) -> BaseException:
+        if isinstance(error, ResyncError) or not isinstance(error, RedisError):
+            return error
+        if _is_driver_exhausted(error):
+            return self._timeout_error(0.0, cause=error)
+        return self.errors.base(
+            f"Redis operation failed on pool '{self.name}': {type(error).__name__}: "
+            f"{self._scrub(error)}",
+            pool_name=self.name,
+        )
+
+    def _is_backend_failure(self, error: BaseException) -> bool:
+        if isinstance(error, _DriverExhausted | ResponseError):
+            return False
+        return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
+
+    def _secrets(self) -> list[str]:
+        return self._secret_values
+
+    # --- seed API ----------------------------------------------------------------------------
+
+    async def get_pool_info(self) -> dict[str, Any]:
+        """Server-side counters (``INFO stats``) and pool sizes; ``{}`` if Redis fails.
+
+        Takes a lease, so it waits at most ``connection_timeout``. Never raises
+        for a Redis error (cancellation propagates).
+        """
+        try:
+            async with self.get_connection() as client:
+                info = await client.info("stats")
+        except (ResyncError, RedisError, OSError, TimeoutError) as exc:
+            logger.warning("pool '%s': INFO failed: %s", self.name, self._scrub(exc))
+            return {}
+        return {
+            "pool_name": self.name,
+            "url": mask_url(self.redis_url),
+            "pool_max_connections": self.config.max_size,
+            "open_connections": self._open_connections(),
+            "idle_connections": len(self._idle),
+            "total_connections_made": info.get("total_connections_received", 0),
+            "total_commands_processed": info.get("total_commands_processed", 0),
+        }

@@ -1,0 +1,140 @@
+"""What a Redis lease holds: one driver connection and a client bound to it.
+
+A :class:`Slot` owns one ``redis.asyncio`` connection for the life of the pool
+(the socket under it is opened, closed and reopened; the object stays). Its
+:class:`LeasedRedis` client is an ordinary ``redis.asyncio.Redis`` whose
+"connection pool" is a :class:`SlotConnectionPool`: a pool of exactly that one
+connection. redis-py asks its pool for a connection around every command,
+pipeline, pub/sub and lock, so all of them run on the leased connection --
+admission equals connections, and nothing a lease does can queue inside the
+driver.
+
+Commands issued concurrently on one leased client (``asyncio.gather``) take
+turns on the connection, as with redis-py's single-connection client. A client
+used after its lease ended fails with ``RuntimeError`` instead of writing to a
+connection that another caller may hold by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["LeasedRedis", "Slot", "SlotConnectionPool"]
+
+
+class SlotConnectionPool:
+    """The one-connection "pool" a leased client sees (duck-typed as redis-py's).
+
+    Everything except checkout, return and close is delegated to the real
+    driver pool (encoder, connection kwargs, retry settings...). Closing it is
+    a no-op: the connection belongs to the resync pool, not to the client, so
+    ``await client.aclose()`` inside a lease cannot close it under the pool.
+    """
+
+    def __init__(self, driver: ConnectionPool, connection: AbstractConnection, label: str) -> None:
+        self._driver = driver
+        self._connection = connection
+        self._label = label
+        self._turn = asyncio.Lock()
+        self._turn_timeout = math.inf
+        #: True while a lease holds the slot; commands outside a lease are refused.
+        self.active = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes not defined here.
+        return getattr(self._driver, name)
+
+    def __repr__(self) -> str:
+        # redis-py puts the pool's repr into the client's: keep it free of secrets.
+        state = "leased" if self.active else "not leased"
+        return f"<SlotConnectionPool {self._label} ({state})>"
+
+    @property
+    def busy(self) -> bool:
+        """True while a command, pipeline or pub/sub is using the connection."""
+        return self._turn.locked()
+
+    def set_turn_timeout(self, seconds: float) -> None:
+        """Bound how long a command waits for another one on the same lease."""
+        self._turn_timeout = seconds
+
+    async def get_connection(self, *_args: Any, **_kwargs: Any) -> AbstractConnection:
+        """Take the connection for one command (or a pipeline/pub-sub until it is reset).
+
+        Waits while another command of the same lease uses it, at most the
+        pool's ``connection_timeout`` (a pipeline in WATCH mode or a pub/sub
+        left open on the lease would otherwise deadlock the caller).
+        """
+        if not self.active:
+            raise RuntimeError(
+                f"this Redis client belongs to a lease of {self._label} that has ended; "
+                "use the client only inside 'async with pool.get_connection() as client'"
+            )
+        turn = self._turn
+        if not turn.locked():
+            await turn.acquire()
+            return self._connection
+        try:
+            async with asyncio.timeout(self._turn_timeout):
+                await turn.acquire()
+        except TimeoutError:
+            raise TimeoutError(
+                f"the leased connection of {self._label} stayed busy for "
+                f"{self._turn_timeout:g}s (a pipeline or pub/sub still holds it?)"
+            ) from None
+        return self._connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Hand the connection to the next command of the lease."""
+        if self._turn.locked():
+            self._turn.release()
+
+    def reset(self) -> None:
+        """Forget any holder (after the socket was closed): fresh turn lock, not leased."""
+        self.active = False
+        self._turn = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        """No-op: the resync pool owns the connection."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """No-op: the resync pool owns the connection."""
+
+
+class LeasedRedis(Redis):
+    """A ``redis.asyncio.Redis`` bound to one pooled connection during a lease."""
+
+    _resync_slot: Slot
+
+    def __repr__(self) -> str:
+        return f"<LeasedRedis {self.connection_pool!r}>"
+
+
+class Slot:
+    """One pooled connection, its bound client, and its age and idleness."""
+
+    __slots__ = ("adapter", "client", "conn", "expires_at", "last_used")
+
+    def __init__(
+        self,
+        driver: ConnectionPool,
+        conn: AbstractConnection,
+        label: str,
+        make_client: Callable[[ConnectionPool], LeasedRedis],
+    ) -> None:
+        self.conn = conn
+        self.adapter = SlotConnectionPool(driver, conn, label)
+        # The adapter stands in for redis-py's pool: it has every method the
+        # client calls, and delegates the rest.
+        self.client = make_client(self.adapter)  # type: ignore[arg-type]
+        self.client._resync_slot = self
+        self.expires_at = math.inf
+        self.last_used = 0.0
