@@ -13,9 +13,14 @@ A lease yields a ``redis.asyncio.Redis`` bound to one connection of the pool
   so a lease with one command costs about what one bare redis-py command does.
 
 The driver is a ``redis.asyncio.BlockingConnectionPool`` capped at ``max_size``
-with ``timeout=connection_timeout``; it parses the URL (``redis://``,
-``rediss://``, ``unix://``, password and ACL user), makes the connections and
-closes them at the end. Callers wait in resync's FIFO admission, never in it.
+with ``timeout=connection_timeout``. It parses the URL (``redis://``,
+``rediss://``, ``unix://``, password and ACL user) and makes the connection
+objects; resync keeps them (at most ``max_size``, one per slot) instead of
+checking them in and out per command, so callers wait in resync's FIFO
+admission and never in redis-py, and a discarded connection object can be
+dropped for good (a command that outlived its lease cannot reopen a socket
+that the pool hands to the next caller). Should redis-py itself report "no
+connection available", it comes out as the pool's timeout error.
 
 redis-py neither closes idle connections nor replaces old ones; a maintenance
 task does: idle connections above ``min_size`` are closed after
@@ -55,10 +60,6 @@ logger = logging.getLogger("resync.pool.redis")
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
 # Options resync derives from ConnectionPoolConfig; passing them would fight it.
 _RESERVED = frozenset({"max_connections", "timeout", "connection_pool", "connection_class"})
-
-
-class _DriverExhausted(TimeoutError):
-    """The driver had no connection left: reported as the pool's timeout error."""
 
 
 def _is_driver_exhausted(error: BaseException) -> bool:
@@ -120,7 +121,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         self._connection_pool: BlockingConnectionPool | None = None
         self._idle: list[Slot] = []  # open, not leased; the end is the most recently used
         self._closed: list[Slot] = []  # socket closed; reopened before the next use
-        self._slots = 0
+        self._slots: list[Slot] = []  # every slot, leased or not (at most max_size)
         self._maintenance: asyncio.Task[None] | None = None
         self._label = f"pool '{self.name}'"
         self._secret_values = url_secrets(redis_url) + [
@@ -170,11 +171,15 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         driver, self._connection_pool = self._connection_pool, None
-        idle, self._idle = self._idle, []
-        for slot in idle:
-            await self._close_slot(slot)
+        self._idle, self._closed = [], []
+        slots, self._slots = self._slots, []
+        # Leased slots too: close() waited for them up to its drain timeout.
+        for slot in slots:
+            if slot.opened:
+                self.stats.connection_closures += 1
+            slot.opened = False
+            await self._disconnect(slot.conn)
         if driver is not None:
-            # Also disconnects connections still leased (close drained or gave up).
             await driver.aclose()
 
     # --- leasing -------------------------------------------------------------------
@@ -220,18 +225,13 @@ class RedisConnectionPool(ConnectionPool[Redis]):
     # --- slots -----------------------------------------------------------------------
 
     async def _open_slot(self, timeout: float) -> Slot:
-        """Take a new connection object from the driver and connect it."""
+        """Add a slot (callers hold an admission slot, so there are <= max_size) and connect it."""
         driver = self._connection_pool
         if driver is None:
             raise self._closed_error()
-        try:
-            conn = driver.get_available_connection()  # type: ignore[no-untyped-call]
-        except RedisError as exc:
-            if _is_driver_exhausted(exc):
-                raise _DriverExhausted(str(exc)) from exc
-            raise
-        self._slots += 1
+        conn = driver.make_connection()  # type: ignore[no-untyped-call]
         slot = Slot(driver, conn, self._label, self._make_client)
+        self._slots.append(slot)
         slot.adapter.set_turn_timeout(self.config.connection_timeout)
         await self._connect(slot, timeout)
         return slot
@@ -251,6 +251,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             self._closed.append(slot)
             raise
         self.stats.connection_creations += 1
+        slot.opened = True
         lifetime = self.config.max_lifetime
         slot.expires_at = (
             time.monotonic() + lifetime * random.uniform(0.95, 1.0) if lifetime else float("inf")
@@ -266,14 +267,19 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             slot.adapter.active = False
 
     async def _close_slot(self, slot: Slot) -> None:
-        """Close the slot's socket (dropping any reply in flight); keep the slot."""
-        slot.adapter.reset()
-        try:
-            if slot.conn.is_connected:
-                self.stats.connection_closures += 1
+        """Close the slot's connection for good (with any reply in flight); keep the slot."""
+        if slot.opened:
+            self.stats.connection_closures += 1
+        driver = self._connection_pool
+        if driver is None:  # the pool is closed: nothing will reopen it
             await self._disconnect(slot.conn)
-        finally:
-            self._closed.append(slot)
+            return
+        old = slot.replace_connection(driver.make_connection())  # type: ignore[no-untyped-call]
+        self._closed.append(slot)
+        # A command that outlived its lease may still hold the old object:
+        # without retries it cannot reconnect it, it just fails.
+        old.retry.update_retries(0)
+        await self._disconnect(old)
 
     async def _disconnect(self, conn: AbstractConnection) -> None:
         try:
@@ -345,7 +351,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
                 gate.release()
 
     def _open_connections(self) -> int:
-        return self._slots - len(self._closed)
+        return len(self._slots) - len(self._closed)
 
     def _idle_connections(self) -> int:
         return len(self._idle)
@@ -364,7 +370,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         )
 
     def _is_backend_failure(self, error: BaseException) -> bool:
-        if isinstance(error, _DriverExhausted | ResponseError):
+        if isinstance(error, ResponseError) or _is_driver_exhausted(error):
             return False
         return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
 

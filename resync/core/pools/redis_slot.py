@@ -94,12 +94,15 @@ class SlotConnectionPool:
 
     async def release(self, connection: AbstractConnection) -> None:
         """Hand the connection to the next command of the lease."""
-        if self._turn.locked():
+        # A command that outlived its lease returns a connection the slot no
+        # longer has; its turn lock is gone with it.
+        if connection is self._connection and self._turn.locked():
             self._turn.release()
 
-    def reset(self) -> None:
-        """Forget any holder (after the socket was closed): fresh turn lock, not leased."""
+    def rebind(self, connection: AbstractConnection) -> None:
+        """Point at a fresh connection: new turn lock, not leased."""
         self.active = False
+        self._connection = connection
         self._turn = asyncio.Lock()
 
     async def aclose(self) -> None:
@@ -119,9 +122,15 @@ class LeasedRedis(Redis):
 
 
 class Slot:
-    """One pooled connection, its bound client, and its age and idleness."""
+    """One place in the pool: a connection, its bound client, its age and idleness.
 
-    __slots__ = ("adapter", "client", "conn", "expires_at", "last_used")
+    When the pool closes a slot's connection it swaps in a fresh, unconnected
+    connection object (see :meth:`replace_connection`); the old object is
+    never used again, so a command that outlived its lease cannot reopen a
+    socket the pool would later hand to someone else.
+    """
+
+    __slots__ = ("adapter", "client", "conn", "expires_at", "last_used", "opened")
 
     def __init__(
         self,
@@ -138,3 +147,14 @@ class Slot:
         self.client._resync_slot = self
         self.expires_at = math.inf
         self.last_used = 0.0
+        #: True from a successful connect until the pool closes the slot (even
+        #: if redis-py already dropped the socket itself after an error).
+        self.opened = False
+
+    def replace_connection(self, conn: AbstractConnection) -> AbstractConnection:
+        """Swap in ``conn`` (not yet connected); return the old connection object."""
+        old, self.conn = self.conn, conn
+        self.adapter.rebind(conn)
+        self.opened = False
+        self.expires_at = math.inf
+        return old
