@@ -1,0 +1,309 @@
+"""The open connections of one database pool and the rules for reusing them.
+
+:class:`~resync.core.pools.db_pool.DatabaseConnectionPool` runs its engine with
+SQLAlchemy's ``NullPool`` and keeps the connections here, because
+``QueuePool`` cannot close idle connections above a floor, expire connections
+at jittered times, or leave resync's FIFO gate as the only queue. The rules:
+
+- **Reuse**: idle connections are a LIFO stack, so under light load the same few
+  stay warm and the rest age out (the oldest idle sits at the bottom).
+- **Validation**: a connection used less than ``ping_after`` seconds ago and
+  whose socket the driver has not seen close (asyncpg notices a server kill or
+  restart by itself) is handed out with no I/O. Otherwise it is pinged first.
+  A dead one is dropped and the next is tried, then a new one is opened -- all
+  inside the caller's timeout, so a restart costs the caller nothing. When a
+  connection is found dead, every idle one older than that moment is pinged
+  before reuse (SQLAlchemy's pool-wide invalidation, without the reconnects).
+- **Lifetime**: each connection expires up to 10% before ``max_lifetime``, at
+  random, so those opened together do not expire together. Expired
+  connections are closed when found idle, never under a lease.
+- **Idle timeout**: :meth:`ConnectionStock.maintain` closes connections idle
+  longer than ``idle_timeout`` while more than ``min_size`` are open, and
+  reopens up to ``min_size`` under an admission slot, so ``max_size`` stays a
+  hard bound on open connections.
+- **Closing**: gracefully within ``connection_timeout``; if that fails, stalls
+  or is cancelled, the socket is aborted synchronously -- a connection is
+  never left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from resync.core.pools.admission import AdmissionGate
+from resync.core.pools.config import ConnectionPoolConfig
+
+__all__ = ["ConnectionStock", "HeldConnection"]
+
+logger = logging.getLogger("resync.pool")
+
+#: Fraction of ``max_lifetime`` a connection's life may be cut by, at random.
+LIFETIME_JITTER = 0.1
+_MAX_TICK = 10.0
+_MIN_TICK = 0.05
+
+
+def drop_connection(conn: AsyncConnection) -> None:
+    """Invalidate and release ``conn`` at once: no ``await``, so it is safe in a
+    cancelled task or a callback (SQLAlchemy aborts the driver's socket)."""
+    sync = conn.sync_connection
+    if sync is not None and not sync.closed:
+        sync.invalidate()
+        sync.close()
+
+
+def _ping(connection: Connection) -> None:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a live Connection always has one
+    connection.dialect.do_ping(dbapi_connection)
+
+
+class HeldConnection:
+    """One open connection and its deadlines (monotonic seconds)."""
+
+    __slots__ = ("conn", "driver", "expires_at", "idle_since", "is_closed")
+
+    def __init__(self, conn: AsyncConnection, max_lifetime: float) -> None:
+        now = monotonic()
+        sync = conn.sync_connection
+        assert sync is not None  # a connected AsyncConnection has one
+        self.conn = conn
+        self.driver: Any = sync.connection.driver_connection
+        # asyncpg's flag flips when the server closes the socket; reading it is free.
+        self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
+        lifetime = max_lifetime or math.inf
+        self.expires_at = now + lifetime * (1 - LIFETIME_JITTER * random.random())
+        self.idle_since = now
+
+    def dead(self) -> bool:
+        """Has the driver seen the server close this connection?"""
+        return self.is_closed is not None and self.is_closed()
+
+
+class ConnectionStock:
+    """Idle connections of one pool plus the means to open, check and close them.
+
+    ``leased`` reports how many connections are out on lease now (the pool
+    tracks those). Every method keeps its connection accounted for whatever
+    interrupts it: a cancelled caller never leaves a connection open.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: ConnectionPoolConfig,
+        *,
+        ping_after: float,
+        leased: Callable[[], int],
+        scrub: Callable[[object], str],
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.ping_after = ping_after
+        self.engine: AsyncEngine | None = None
+        self.idle: deque[HeldConnection] = deque()  # oldest idle on the left
+        self.suspect_since = -math.inf
+        self._leased = leased
+        self._scrub = scrub
+
+    # --- opening and closing ---------------------------------------------------
+
+    async def connect(self, timeout: float) -> HeldConnection:
+        """Open one connection within ``timeout`` seconds.
+
+        The connect runs in its own task, so a timeout or cancellation that
+        lands just as it succeeds cannot drop the connection on the floor: a
+        late result is closed by a callback.
+        """
+        engine = self.engine
+        assert engine is not None, "connect() before the engine exists"
+        task = asyncio.ensure_future(engine.connect())
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await asyncio.shield(task)
+        except BaseException:
+            task.cancel()
+            task.add_done_callback(_close_late_connection)
+            raise
+        try:
+            return HeldConnection(conn, self.config.max_lifetime)
+        except BaseException:
+            drop_connection(conn)
+            raise
+
+    def terminate(self, held: HeldConnection) -> None:
+        """Close ``held`` now, with no I/O and no ``await``."""
+        try:
+            drop_connection(held.conn)
+        except Exception as exc:
+            logger.debug("pool '%s': terminating a connection: %s", self.name, self._scrub(exc))
+        abort = getattr(held.driver, "terminate", None)
+        if abort is not None and not held.dead():
+            abort()  # SQLAlchemy could not; make sure the socket is gone
+
+    async def close_gracefully(self, held: HeldConnection) -> None:
+        """Say goodbye to the server; terminate if that fails, stalls or is cancelled."""
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                await held.conn.close()
+        except BaseException as exc:
+            self.terminate(held)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def close_all(self, last: HeldConnection | None = None) -> None:
+        """Close every idle connection, then ``last``, then dispose of the engine."""
+        idle = list(self.idle)
+        self.idle.clear()
+        await asyncio.gather(*(self.close_gracefully(held) for held in idle))
+        if last is not None:
+            await self.close_gracefully(last)
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    # --- checkout and check-in ----------------------------------------------------
+
+    def fresh(self, held: HeldConnection, now: float) -> bool:
+        """Can ``held`` be handed out without any I/O?"""
+        return (
+            held.expires_at > now
+            and now - held.idle_since < self.ping_after
+            and held.idle_since > self.suspect_since
+            and not held.dead()
+        )
+
+    def take_fresh(self) -> HeldConnection | None:
+        """The hot path: the most recently used idle connection, if no I/O is needed."""
+        idle = self.idle
+        if idle and self.fresh(idle[-1], monotonic()):
+            return idle.pop()
+        return None
+
+    async def checkout(self, timeout: float) -> HeldConnection:
+        """A usable connection within ``timeout``: drop expired or dead idle ones,
+        ping stale ones, open a new one if none is left.
+
+        Raises ``TimeoutError`` when the time runs out and the driver's error
+        when a new connection cannot be opened.
+        """
+        deadline = monotonic() + timeout
+        idle = self.idle
+        while idle:
+            held = idle.pop()
+            now = monotonic()
+            if held.expires_at <= now:
+                await self.close_gracefully(held)
+            elif held.dead():
+                self.suspect_since = now
+                self.terminate(held)
+            elif self.fresh(held, now) or await self._ping_ok(held, deadline - now):
+                return held
+            else:
+                self.suspect_since = now
+        return await self.connect(max(deadline - monotonic(), 0.001))
+
+    async def _ping_ok(self, held: HeldConnection, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(max(timeout, 0.001)):
+                await held.conn.run_sync(_ping)
+        except BaseException as exc:
+            self.terminate(held)
+            if not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
+                raise
+            logger.info("pool '%s': dropped a dead connection: %s", self.name, self._scrub(exc))
+            return False
+        return True
+
+    def check_in(self, held: HeldConnection, reusable: bool) -> None:
+        """Take ``held`` back after a lease: keep it idle, or close it if it is
+        not ``reusable``, was invalidated, or is left inside a transaction."""
+        conn = held.conn
+        now = monotonic()
+        if conn.invalidated:
+            # One connection died under a lease; the idle ones may have too.
+            self.suspect_since = now
+        elif reusable and not conn.in_transaction() and not held.dead():
+            held.idle_since = now
+            self.idle.append(held)
+            return
+        self.terminate(held)
+
+    # --- maintenance ----------------------------------------------------------------
+
+    def tick(self) -> float:
+        """Seconds between maintenance rounds: half the shortest deadline, 0.05..10."""
+        periods = [p for p in (self.config.idle_timeout, self.config.max_lifetime) if p > 0]
+        tick = min(periods) / 2 if periods else _MAX_TICK
+        return min(max(tick, _MIN_TICK), _MAX_TICK)
+
+    async def maintain(self, gate: AdmissionGate, is_ready: Callable[[], bool]) -> None:
+        """Forever: close expired and surplus idle connections, reopen up to min_size."""
+        tick = self.tick()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await self.reap_idle()
+                await self.top_up(gate, is_ready)
+            except Exception as exc:  # one bad round must not end maintenance
+                logger.warning("pool '%s': maintenance failed: %s", self.name, self._scrub(exc))
+
+    async def reap_idle(self) -> None:
+        """Close expired or dead idle connections, and those idle longer than
+        ``idle_timeout`` while more than ``min_size`` are open (longest idle first)."""
+        idle = self.idle
+        if not idle:
+            return
+        now = monotonic()
+        idle_timeout = self.config.idle_timeout
+        surplus = len(idle) + self._leased() - self.config.min_size
+        victims: list[HeldConnection] = []
+        keep: list[HeldConnection] = []
+        for held in idle:  # oldest first
+            worn_out = held.expires_at <= now or held.dead()
+            if worn_out or (surplus > 0 and 0 < idle_timeout <= now - held.idle_since):
+                victims.append(held)
+                surplus -= 1
+            else:
+                keep.append(held)
+        if victims:
+            idle.clear()
+            idle.extend(keep)
+            logger.debug("pool '%s': closing %d idle connection(s)", self.name, len(victims))
+            for held in victims:
+                await self.close_gracefully(held)
+
+    async def top_up(self, gate: AdmissionGate, is_ready: Callable[[], bool]) -> None:
+        """Reopen connections up to ``min_size``, each under an admission slot."""
+        wanted = min(self.config.min_size, gate.capacity)
+        while is_ready() and len(self.idle) + self._leased() < wanted:
+            # The slot keeps max_size an exact bound on open connections; when
+            # none is free the pool is busy and has its connections anyway.
+            if not gate.try_acquire():
+                return
+            try:
+                self.idle.append(await self.connect(self.config.connection_timeout))
+            except Exception as exc:
+                logger.warning(
+                    "pool '%s': cannot reopen connections up to min_size: %s",
+                    self.name,
+                    self._scrub(exc),
+                )
+                return
+            finally:
+                gate.release()
+
+
+def _close_late_connection(task: asyncio.Task[AsyncConnection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        drop_connection(task.result())

@@ -1,0 +1,339 @@
+"""The database pool: SQLAlchemy ``AsyncSession`` leases over PostgreSQL or SQLite.
+
+The lease path, admission, stats and lifecycle are the base pool's. This
+module binds a session to each leased connection and owns what a lease means
+for a database: commit or roll back, translate SQLAlchemy errors, set the
+engine up and tear it down. Which connection a lease gets, and when one is
+pinged, expired or reaped, is :mod:`resync.core.pools.db_connections`; URL
+parsing and engine options are :mod:`resync.core.pools.db_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from resync.core.exceptions import DATABASE_ERRORS
+from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig, PoolState
+from resync.core.pools.db_connections import ConnectionStock, HeldConnection
+from resync.core.pools.db_url import (
+    DatabaseTarget,
+    engine_arguments,
+    parse_database_url,
+    shared_memory_url,
+)
+from resync.core.redact import mask_url, url_secrets
+
+__all__ = ["DatabaseConnectionPool"]
+
+logger = logging.getLogger("resync.pool")
+
+_SELECT_ONE = text("SELECT 1")
+
+
+# Run inside SQLAlchemy's greenlet: one switch for the whole step.
+def _commit_and_close(session: Session) -> None:
+    session.commit()
+    session.close()
+
+
+def _rollback_and_close(session: Session) -> Exception | None:
+    problem: Exception | None = None
+    try:
+        session.rollback()
+    except Exception as exc:
+        problem = exc
+    try:
+        session.close()
+    except Exception as exc:
+        problem = problem or exc
+    return problem
+
+
+def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
+class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
+    """Leases ``AsyncSession`` objects, each bound to one connection held for the lease.
+
+    ``async with pool.get_connection() as session`` checks a connection out
+    (within ``connection_timeout``, queue included) and binds a new session to
+    it. A clean exit commits; any exception rolls back: SQLAlchemy errors come
+    out as ``DatabaseError("Database operation failed: ...")`` (counted in
+    ``connection_errors``), other exceptions unchanged. A failing commit raises
+    that ``DatabaseError``; a failing rollback is logged, never hides the
+    error that caused it, and the connection is discarded. The session is
+    unbound when the lease ends, so a kept reference cannot reuse it.
+
+    ``database_url`` is a ``str``, pydantic ``SecretStr`` or SQLAlchemy
+    ``URL``; sync driver names are upgraded (``sqlite://`` -> aiosqlite,
+    ``postgresql://`` -> asyncpg). A bad URL or driver fails ``initialize()``
+    with ``DatabaseSetupError("Failed to setup ...")``. ``engine_options`` go
+    to ``create_async_engine`` (``connect_args``, ``echo``, an SSL context,
+    asyncpg's ``statement_cache_size`` ...); the pool sets asyncpg's connect
+    timeout and a unique ``application_name`` (:attr:`application_name`)
+    unless ``connect_args`` do. ``session_options`` go to each ``AsyncSession``
+    (``expire_on_commit`` defaults to False: objects stay readable after the
+    lease).
+
+    How the config maps onto the engine (it runs ``NullPool``; the connections
+    are kept by the pool, see :mod:`~resync.core.pools.db_connections` for why):
+
+    - ``min_size``: opened by ``initialize()`` (at least one, so a bad server
+      fails at start) and kept: idle reaping stops at it and lost ones are
+      reopened in the background. (``pool_size`` never opens ahead.)
+    - ``max_size``: the admission capacity; connections are only opened under
+      an admission slot, so at most ``max_size`` are open
+      (``pool_size + max_overflow``).
+    - ``connection_timeout``: the whole budget of a lease (queue, ping,
+      connect: ``pool_timeout``); also asyncpg's connect timeout and SQLite's
+      busy timeout unless ``connect_args`` set them.
+    - ``idle_timeout``: idle connections above ``min_size`` are closed once
+      idle that long, checked every ``min(idle_timeout, max_lifetime) / 2``
+      seconds (at most 10 s); ``0`` keeps them. (No SQLAlchemy equivalent.)
+    - ``max_lifetime``: each connection expires up to 10% before it, at
+      random (``pool_recycle`` without the herd); closed when found idle,
+      never under a lease; ``0`` means never.
+
+    Dead connections: a connection used in the last ``ping_idle_after``
+    seconds (default 1) whose socket asyncpg has not seen close is reused with
+    no round trip; any other is pinged first and, if dead, replaced inside the
+    same lease, so a killed backend or restarted server costs the next caller
+    nothing. Pre-ping on every checkout (``pool_pre_ping=True`` or
+    ``ping_idle_after=0``) costs asyncpg three round trips per lease, and
+    invalidate-on-error alone hands the first caller after a restart an
+    error. A server that stays down gives a typed error within the timeout.
+
+    SQLite: ``:memory:`` becomes a uniquely named shared-cache memory database
+    kept alive by one connection the pool never leases, so every lease sees
+    the same database and a discarded connection loses nothing. Shared-cache
+    locks do not wait and SQLite has one writer, so such a pool grants one
+    lease at a time (reported ``max_size`` 1). File databases run in WAL mode
+    with a busy timeout; "database is locked" comes out as a ``DatabaseError``
+    naming the pool.
+
+    Cancellation: a lease cancelled while checking out, committing or rolling
+    back discards its connection (its state is unknown) and frees its slot.
+    ``close()`` drains the leases, then closes every connection and the engine;
+    a lease still out after the drain has its connection terminated.
+    """
+
+    backend = "database"
+    errors = DATABASE_ERRORS
+
+    def __init__(
+        self,
+        config: ConnectionPoolConfig,
+        database_url: object,
+        *,
+        ping_idle_after: float = 1.0,
+        session_options: dict[str, Any] | None = None,
+        **engine_options: Any,
+    ) -> None:
+        super().__init__(config)
+        self._target: DatabaseTarget | None = None
+        self._url_problem = ""
+        try:
+            self._target = parse_database_url(database_url)
+        except ValueError as exc:  # reported by initialize(), as a setup error
+            self._url_problem = str(exc)
+        target = self._target
+        # Unique per pool, so a DBA (or a test) finds exactly this pool's
+        # backends in pg_stat_activity; PostgreSQL keeps 63 bytes of it.
+        self.application_name = f"resync-{config.pool_name[:48]}-{secrets.token_hex(4)}"
+        self._engine_kwargs: dict[str, Any] = {}
+        if target is not None:
+            self._engine_kwargs = engine_arguments(
+                target, config, engine_options, self.application_name
+            )
+            server = self._engine_kwargs.get("connect_args", {}).get("server_settings", {})
+            self.application_name = server.get("application_name", self.application_name)
+            if target.is_memory:
+                self._gate.resize(1)
+        self._display = target.display if target is not None else mask_url(database_url)
+        self._secret_list = (
+            list(target.secrets) if target is not None else url_secrets(database_url)
+        )
+        self._sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            **{"expire_on_commit": False, **(session_options or {})}
+        )
+        self._leased: dict[AsyncSession, HeldConnection] = {}
+        self._stock = ConnectionStock(
+            self.name,
+            config,
+            ping_after=0.0 if engine_options.get("pool_pre_ping") else ping_idle_after,
+            leased=self._leased.__len__,
+            scrub=self._scrub,
+        )
+        self._keeper: HeldConnection | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+
+    # --- identity ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._display
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The engine (``None`` unless ready); its own connections bypass the
+        pool's limits, so keep it for schema work and the like."""
+        return self._stock.engine
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]} url={self._display}>"
+
+    def _secrets(self) -> list[str]:
+        return self._secret_list
+
+    def _idle_connections(self) -> int:
+        return len(self._stock.idle)
+
+    # --- setup and close ---------------------------------------------------------------
+
+    async def _setup_pool(self) -> None:
+        target = self._target
+        if target is None:
+            raise ValueError(self._url_problem)
+        url = shared_memory_url(target) if target.is_memory else target.url
+        engine = create_async_engine(url, poolclass=NullPool, **self._engine_kwargs)
+        self._stock.engine = engine
+        stats = self.stats
+
+        def count_open(*_: Any) -> None:
+            stats.connection_creations += 1
+
+        def count_closed(*_: Any) -> None:
+            stats.connection_closures += 1
+
+        event.listen(engine.sync_engine.pool, "connect", count_open)
+        event.listen(engine.sync_engine.pool, "close", count_closed)
+        if target.backend == "sqlite" and not target.is_memory:
+            event.listen(engine.sync_engine.pool, "connect", _enable_wal)
+        if target.is_memory:
+            self._keeper = await self._open_for_setup()
+        count = min(max(self.config.min_size, 1), self._gate.capacity)
+        outcomes = await asyncio.gather(
+            *(self._warm_one() for _ in range(count)), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self._maintenance = asyncio.ensure_future(
+            self._stock.maintain(self._gate, lambda: self._state is PoolState.READY)
+        )
+        logger.info("pool '%s': %d connection(s) open to %s", self.name, count, self._display)
+
+    async def _warm_one(self) -> None:
+        # Appended the moment it exists, so a failed setup can close it.
+        self._stock.idle.append(await self._open_for_setup())
+
+    async def _open_for_setup(self) -> HeldConnection:
+        timeout = self.config.connection_timeout
+        try:
+            return await self._stock.connect(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no connection to {self._display} within {timeout:g}s") from None
+        except Exception as exc:
+            raise ConnectionError(f"cannot connect to {self._display}: {self._scrub(exc)}") from exc
+
+    async def _close_pool(self) -> None:
+        task, self._maintenance = self._maintenance, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        stock = self._stock
+        for held in self._leased.values():  # still out after the drain: cut off
+            stock.terminate(held)
+        self._leased.clear()
+        keeper, self._keeper = self._keeper, None
+        await stock.close_all(last=keeper)
+
+    # --- leasing ------------------------------------------------------------------------
+
+    async def _acquire_connection(self, timeout: float) -> AsyncSession:
+        stock = self._stock
+        held = stock.take_fresh() or await stock.checkout(timeout)
+        session = self._sessionmaker(bind=held.conn)
+        self._leased[session] = held
+        return session
+
+    async def _release_connection(self, session: AsyncSession, error: BaseException | None) -> None:
+        held = self._leased.pop(session, None)
+        reusable = False
+        failure: Exception | None = None
+        try:
+            if error is None:
+                try:
+                    await session.run_sync(_commit_and_close)
+                    reusable = True
+                except Exception as exc:
+                    failure = exc
+                    reusable = await self._roll_back(session, exc)
+            else:
+                if isinstance(error, SQLAlchemyError):
+                    self.stats.connection_errors += 1
+                reusable = await self._roll_back(session, error)
+        finally:
+            # A reference kept past the lease must not reach this connection again.
+            session.bind = session.sync_session.bind = None
+            if held is not None:  # None: cut off by close() after the drain
+                self._stock.check_in(held, reusable)
+        if failure is not None:
+            if not isinstance(failure, SQLAlchemyError):
+                raise failure
+            self.stats.connection_errors += 1
+            raise self.errors.base(
+                f"Database operation failed: commit failed and was rolled back: "
+                f"{self._scrub(failure)} (pool '{self.name}')",
+                pool_name=self.name,
+            ) from failure
+
+    async def _roll_back(self, session: AsyncSession, cause: BaseException) -> bool:
+        problem = await session.run_sync(_rollback_and_close)
+        if problem is None:
+            return True
+        logger.warning(
+            "pool '%s': rollback after %s failed; discarding the connection: %s",
+            self.name,
+            type(cause).__name__,
+            self._scrub(problem),
+        )
+        return False
+
+    # --- errors and health -----------------------------------------------------------------
+
+    def _map_error(self, error: BaseException) -> BaseException:
+        if isinstance(error, SQLAlchemyError):
+            return self.errors.base(
+                f"Database operation failed: {self._scrub(error)} (pool '{self.name}')",
+                pool_name=self.name,
+            )
+        return error
+
+    def _is_backend_failure(self, error: BaseException) -> bool:
+        if isinstance(error, DBAPIError):
+            return bool(error.connection_invalidated)
+        return isinstance(error, OSError | TimeoutError)
+
+    async def _ping(self, connection: AsyncSession) -> None:
+        await connection.execute(_SELECT_ONE)
