@@ -98,6 +98,11 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
     backend: ClassVar[str] = "generic"
     #: Exception classes this backend raises from the shared lease path.
     errors: ClassVar[ErrorFamily] = GENERIC_ERRORS
+    #: True: the lease path reports one circuit-breaker outcome per lease.
+    #: A backend that reports outcomes itself (the HTTP pool, per request:
+    #: a lease may make several, and a 500 answer is a failure without any
+    #: exception) sets it False; leases still ask the breaker before queuing.
+    breaker_outcome_per_lease: ClassVar[bool] = True
 
     def __init__(self, config: ConnectionPoolConfig) -> None:
         if not isinstance(config, ConnectionPoolConfig):
@@ -301,7 +306,7 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
         self.stats.active_connections -= 1
         self.use_histogram.observe(held)
         breaker = self.circuit_breaker
-        if breaker is not None:
+        if breaker is not None and self.breaker_outcome_per_lease:
             if error is not None and self._is_backend_failure(error):
                 breaker.record_failure()
             else:
@@ -314,7 +319,11 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
         if isinstance(exc, PoolError):
             return exc
         self.stats.connection_errors += 1
-        if self.circuit_breaker is not None and self._is_backend_failure(exc):
+        if (
+            self.circuit_breaker is not None
+            and self.breaker_outcome_per_lease
+            and self._is_backend_failure(exc)
+        ):
             self.circuit_breaker.record_failure()
         if isinstance(exc, TimeoutError):
             return self._timeout_error(elapsed, cause=exc)
