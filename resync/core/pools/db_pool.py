@@ -16,6 +16,7 @@ import secrets
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -50,16 +51,24 @@ def _commit_and_close(session: Session) -> None:
     session.close()
 
 
-def _rollback_and_close(session: Session) -> Exception | None:
+def _rollback_and_close(session: Session, connection: Connection | None) -> Exception | None:
     problem: Exception | None = None
     try:
         session.rollback()
+        session.close()
+        if connection is not None and not connection.invalidated:
+            # What SQLAlchemy's pool does on return: a failed COMMIT can leave
+            # the driver inside a transaction the session no longer tracks
+            # (SQLite keeps it open after a deferred constraint fails).
+            dbapi_connection = connection.connection.dbapi_connection
+            if dbapi_connection is not None:
+                dbapi_connection.rollback()
     except Exception as exc:
         problem = exc
-    try:
-        session.close()
-    except Exception as exc:
-        problem = problem or exc
+        try:
+            session.close()
+        except Exception as close_exc:
+            logger.debug("closing a session after a failed rollback: %s", type(close_exc).__name__)
     return problem
 
 
@@ -288,11 +297,11 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
                     reusable = True
                 except Exception as exc:
                     failure = exc
-                    reusable = await self._roll_back(session, exc)
+                    reusable = await self._roll_back(session, held, exc)
             else:
                 if isinstance(error, SQLAlchemyError):
                     self.stats.connection_errors += 1
-                reusable = await self._roll_back(session, error)
+                reusable = await self._roll_back(session, held, error)
         finally:
             # A reference kept past the lease must not reach this connection again.
             session.bind = session.sync_session.bind = None
@@ -308,8 +317,11 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
                 pool_name=self.name,
             ) from failure
 
-    async def _roll_back(self, session: AsyncSession, cause: BaseException) -> bool:
-        problem = await session.run_sync(_rollback_and_close)
+    async def _roll_back(
+        self, session: AsyncSession, held: HeldConnection | None, cause: BaseException
+    ) -> bool:
+        connection = held.conn.sync_connection if held is not None else None
+        problem = await session.run_sync(_rollback_and_close, connection)
         if problem is None:
             return True
         logger.warning(

@@ -107,8 +107,8 @@ def parse_database_url(database_url: object) -> DatabaseTarget:
         url = make_url(text)
     except (ArgumentError, ValueError) as exc:
         raise ValueError(
-            f"cannot parse database_url {shown!r} ({type(exc).__name__}); expected "
-            "dialect+driver://user:password@host:port/database"
+            f"cannot parse database_url {shown!r} ({type(exc).__name__}); expected a URL "
+            "like postgresql+asyncpg://user@host:5432/dbname or sqlite+aiosqlite:///app.db"
         ) from None
     if url.password:
         found.add(str(url.password))
