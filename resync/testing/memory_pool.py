@@ -74,7 +74,12 @@ class InMemoryPool(ConnectionPool[InMemoryConnection]):
 
     async def _acquire_connection(self, timeout: float) -> InMemoryConnection:
         idle = self._idle
-        conn = idle.pop() if idle else await self._connect()
+        if idle:
+            conn = idle.pop()
+        else:
+            # Only a new connection pays for a timer; reuse stays timer-free.
+            async with asyncio.timeout(timeout):
+                conn = await self._connect()
         conn.uses += 1
         return conn
 

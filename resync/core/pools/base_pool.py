@@ -27,7 +27,6 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from time import perf_counter
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -47,6 +46,7 @@ from resync.core.metrics import Histogram
 from resync.core.pools.admission import AdmissionGate
 from resync.core.pools.config import ConnectionPoolConfig
 from resync.core.pools.lease import Lease
+from resync.core.pools.state import PoolState
 from resync.core.pools.stats import MAX_WAIT_TIMES, ConnectionPoolStats, WaitTimeWindow
 from resync.core.redact import scrub
 from resync.core.resilience import CircuitBreaker
@@ -63,15 +63,6 @@ __all__ = [
 logger = logging.getLogger("resync.pool")
 
 ConnectionType = TypeVar("ConnectionType")
-
-
-class PoolState(StrEnum):
-    """Where a pool is in its lifecycle."""
-
-    NEW = "new"
-    READY = "ready"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,24 +284,15 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
                 pool_name=self.name,
             )
 
-    def _record_grant(self, waited: float) -> None:
-        stats = self.stats
-        stats.pool_hits += 1
-        active = stats.active_connections = stats.active_connections + 1
-        if active > stats.peak_active:
-            stats.peak_active = active
-        stats.average_wait_time = self._wait_window.add(waited)
-        self.wait_histogram.observe(waited)
-
-    def _record_return(self, held: float, error: BaseException | None) -> None:
-        self.stats.active_connections -= 1
-        self.use_histogram.observe(held)
+    def _record_outcome(self, error: BaseException | None) -> None:
+        """Tell the circuit breaker how a lease ended."""
         breaker = self.circuit_breaker
-        if breaker is not None and self.breaker_outcome_per_lease:
-            if error is not None and self._is_backend_failure(error):
-                breaker.record_failure()
-            else:
-                breaker.record_success()
+        if breaker is None:
+            return
+        if error is not None and self._is_backend_failure(error):
+            breaker.record_failure()
+        else:
+            breaker.record_success()
 
     def _on_acquire_error(self, exc: BaseException, elapsed: float) -> BaseException:
         """Count a failed checkout and map it to the family (cancellation passes)."""

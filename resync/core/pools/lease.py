@@ -24,6 +24,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from resync.core.pools.admission import CLOSED, GRANTED
+from resync.core.pools.state import PoolState
+
+_READY = PoolState.READY
 
 if TYPE_CHECKING:
     from resync.core.pools.base_pool import ConnectionPool
@@ -50,15 +53,14 @@ class Lease(Generic[T]):
     def __init__(self, pool: ConnectionPool[T]) -> None:
         self._pool = pool
         self._state = 0  # 0 new, 1 held, 2 done
-        self._granted_at = 0.0
         self._leak_handle: asyncio.TimerHandle | None = None
-        self._stack: str | None = None
 
     async def __aenter__(self) -> T:
         if self._state:
             raise RuntimeError("a Lease can be entered only once; call get_connection() again")
         pool = self._pool
-        pool._check_usable()
+        if pool._state is not _READY or pool._loop is not asyncio.get_running_loop():
+            pool._check_usable()
         stats = pool.stats
         breaker = pool.circuit_breaker
         if breaker is not None and not breaker.allow():
@@ -100,9 +102,14 @@ class Lease(Generic[T]):
             raise mapped from exc
         self._conn = conn
         self._state = 1
-        now = perf_counter()
-        self._granted_at = now
-        pool._record_grant(now - start)
+        now = self._granted_at = perf_counter()
+        waited = now - start
+        stats.pool_hits += 1
+        active = stats.active_connections = stats.active_connections + 1
+        if active > stats.peak_active:
+            stats.peak_active = active
+        stats.average_wait_time = pool._wait_window.add(waited)
+        pool.wait_histogram.observe(waited)
         if pool._leak_threshold:
             self._arm_leak_detector()
         if pool._has_acquire_hook:
@@ -134,7 +141,10 @@ class Lease(Generic[T]):
                     logger.exception("pool '%s': on_connection_released failed", pool.name)
             await pool._release_connection(conn, exc)
         finally:
-            pool._record_return(held, exc)
+            pool.stats.active_connections -= 1
+            pool.use_histogram.observe(held)
+            if pool.circuit_breaker is not None:
+                pool._record_outcome(exc)
             pool._gate.release()
             if self._leak_handle is not None:
                 self._finish_leak_detector(held)
