@@ -287,7 +287,7 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
     def _record_outcome(self, error: BaseException | None) -> None:
         """Tell the circuit breaker how a lease ended."""
         breaker = self.circuit_breaker
-        if breaker is None:
+        if breaker is None or not self.breaker_outcome_per_lease:
             return
         if error is not None and self._is_backend_failure(error):
             breaker.record_failure()
