@@ -1,0 +1,143 @@
+"""The HTTP pool's transport wrapper: safe retries and per-request breaker outcomes.
+
+:class:`ResilientTransport` sits between ``httpx.AsyncClient`` and the real
+transport, so every request a lease makes (and every redirect hop) passes here.
+
+What is retried (:func:`may_retry`), with the pool's :class:`RetryPolicy`
+(exponential backoff, full jitter):
+
+- a connection that could not be established (``ConnectError``,
+  ``ConnectTimeout``): the request never left, so any method is safe;
+- a connection that dropped before the answer (``RemoteProtocolError``,
+  ``ReadError``, ``WriteError``): the request may have reached the upstream,
+  so only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) with a
+  replayable body are retried -- a POST is never sent twice;
+- never a read timeout: the upstream may be working on it, and retrying an
+  overloaded upstream makes it worse.
+
+Breaker outcomes are recorded once per request, after retries: a transport
+error that says the upstream is failing, or an answer with status >= 500, is
+a failure; any other answer is a success. Cancellation records nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from resync.core.resilience import CircuitBreaker, RetryPolicy
+
+__all__ = ["IDEMPOTENT_METHODS", "HTTPCounters", "ResilientTransport", "is_upstream_failure"]
+
+logger = logging.getLogger("resync.pool.http")
+
+#: RFC 9110 idempotent methods: repeating one has the effect of sending it once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+_NOT_ESTABLISHED = (httpx.ConnectError, httpx.ConnectTimeout)
+_DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Raised without the upstream doing anything wrong: a local limit or a bug.
+_LOCAL = (httpx.PoolTimeout, httpx.LocalProtocolError, httpx.UnsupportedProtocol)
+
+
+@dataclass(slots=True)
+class HTTPCounters:
+    """Per-pool request counters (requests, retries, upstream failures)."""
+
+    requests: int = 0
+    retries: int = 0
+    upstream_failures: int = 0
+    server_errors: int = 0
+
+
+def may_retry(request: httpx.Request, error: BaseException) -> bool:
+    """Is it safe to send ``request`` again after ``error``?"""
+    if isinstance(error, _NOT_ESTABLISHED):
+        return True
+    if isinstance(error, _DROPPED):
+        return request.method in IDEMPOTENT_METHODS and isinstance(request.stream, httpx.ByteStream)
+    return False
+
+
+def is_upstream_failure(error: BaseException) -> bool:
+    """Does ``error`` say the upstream is failing (rather than the caller or a local limit)?"""
+    return isinstance(error, httpx.TransportError) and not isinstance(error, _LOCAL)
+
+
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """Wraps ``inner``: retries what is safe to retry, reports outcomes to ``breaker``.
+
+    ``on_failure`` is called once per failed request (after retries), for stats.
+    Closing this transport closes ``inner``.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        retry: RetryPolicy,
+        breaker: CircuitBreaker | None,
+        counters: HTTPCounters,
+        label: str,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.retry = retry
+        self.breaker = breaker
+        self.counters = counters
+        self._label = label
+        self._on_failure = on_failure
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; retry per :func:`may_retry`; record the outcome.
+
+        Cancellation propagates at once (no retry, no outcome). The time spent
+        is bounded by the client's timeouts per attempt and by the retry
+        policy's attempts and ``max_elapsed`` overall.
+        """
+        counters = self.counters
+        counters.requests += 1
+        inner = self.inner
+
+        def retryable(error: BaseException) -> bool:
+            return may_retry(request, error)
+
+        try:
+            response = await self.retry.call(
+                lambda: inner.handle_async_request(request),
+                retry_if=retryable,
+                on_retry=self._count_retry,
+            )
+        except Exception as exc:
+            if is_upstream_failure(exc):
+                counters.upstream_failures += 1
+                if self._on_failure is not None:
+                    self._on_failure()
+                if self.breaker is not None:
+                    self.breaker.record_failure()
+            raise
+        breaker = self.breaker
+        if response.status_code >= 500:
+            counters.server_errors += 1
+            if breaker is not None:
+                breaker.record_failure()
+        elif breaker is not None:
+            breaker.record_success()
+        return response
+
+    def _count_retry(self, attempt: int, error: BaseException) -> None:
+        self.counters.retries += 1
+        logger.debug(
+            "%s: attempt %d failed (%s: %s); retrying",
+            self._label,
+            attempt,
+            type(error).__name__,
+            error,
+        )
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport and its connections."""
+        await self.inner.aclose()
