@@ -18,7 +18,10 @@ The tree::
     │   ├── PoolOverloadedError                  max_waiting reached: shed at once
     │   ├── BackendUnavailableError              circuit breaker open: fail fast
     │   ├── PoolSetupError                       initialize() could not reach the backend
-    │   └── ManagerError                         pool manager misuse or failed start
+    │   └── ManagerError                         pool manager misuse
+    │       ├── PoolNotFoundError (KeyError)     no pool registered under that name
+    │       └── ManagerStartError (+ TWSConnectionError, as the seed raised)
+    │                                            a pool failed to open; the others were closed
     ├── DatabaseError                            seed family: SQL databases and Redis
     │   ├── DatabasePoolTimeoutError   (+ PoolTimeoutError)
     │   ├── DatabasePoolClosedError    (+ PoolClosedError)
@@ -84,9 +87,11 @@ __all__ = [
     "HTTPTimeoutError",
     "HTTPUnavailableError",
     "ManagerError",
+    "ManagerStartError",
     "PoolClosedError",
     "PoolConfigError",
     "PoolError",
+    "PoolNotFoundError",
     "PoolNotInitializedError",
     "PoolOverloadedError",
     "PoolSetupError",
@@ -173,7 +178,14 @@ class PoolSetupError(PoolError):
 
 
 class ManagerError(PoolError):
-    """The pool manager was misused or could not start all of its pools."""
+    """The pool manager was misused (wrong loop, duplicate name, after shutdown)."""
+
+
+class PoolNotFoundError(ManagerError, KeyError):
+    """No pool is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 # --- database family (seed: DatabaseError) -------------------------------------
@@ -247,6 +259,18 @@ class RedisSetupError(RedisPoolError, PoolSetupError):
 
 class TWSConnectionError(ResyncError):
     """Seed family for upstream HTTP API errors (httpx errors are mapped here)."""
+
+
+class ManagerStartError(ManagerError, TWSConnectionError):
+    """A pool failed to open; every pool already opened was closed again.
+
+    Also a :class:`TWSConnectionError`, the seed's error for a failed start.
+    ``failures`` maps each failing pool's name to its (scrubbed) cause.
+    """
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = dict(failures or {})
 
 
 class HTTPPoolTimeoutError(TWSConnectionError, PoolTimeoutError):

@@ -438,8 +438,12 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
         return error
 
     def _is_backend_failure(self, error: BaseException) -> bool:
-        """Does ``error`` say the backend is failing (feeds the circuit breaker)?"""
-        return False
+        """Does ``error`` say the backend is failing (feeds the circuit breaker)?
+
+        By default: OS-level errors (refused, reset, timed out) that are not
+        resync's own; backends refine this with their driver's error types.
+        """
+        return isinstance(error, OSError) and not isinstance(error, ResyncError)
 
     def _secrets(self) -> list[str]:
         """Strings that must never be shown (passwords of the backend URL)."""

@@ -1,0 +1,157 @@
+"""Build the pools that settings enable.
+
+- ``database``: always (embedded SQLite by default);
+- ``redis``: when ``REDIS_URL`` is set and ``REDIS_POOL_MIN_SIZE`` > 0;
+- ``tws_http``: when ``TWS_BASE_URL`` is set.
+
+Settings are read through :func:`read_setting`, which falls back to the
+default when a value has the wrong type, so a partial stand-in for
+``Settings`` (a test double that sets only a few fields) still builds pools.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+
+__all__ = [
+    "DATABASE_POOL",
+    "HTTP_POOL",
+    "REDIS_POOL",
+    "PoolSpec",
+    "build_pools",
+    "pool_specs",
+    "read_setting",
+]
+
+logger = logging.getLogger("resync.manager")
+
+DATABASE_POOL = "database"
+REDIS_POOL = "redis"
+HTTP_POOL = "tws_http"
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "DB": {"MIN_SIZE": 2, "MAX_SIZE": 10, "CONNECT_TIMEOUT": 10.0},
+    "REDIS": {"MIN_SIZE": 1, "MAX_SIZE": 10, "CONNECT_TIMEOUT": 5.0},
+    "HTTP": {"MIN_SIZE": 1, "MAX_SIZE": 20, "CONNECT_TIMEOUT": 10.0},
+}
+_COMMON = {
+    "IDLE_TIMEOUT": 300.0,
+    "HEALTH_CHECK_INTERVAL": 30.0,
+    "MAX_LIFETIME": 1800.0,
+    "MAX_WAITING": 0,
+}
+
+
+def read_setting(source: object, name: str, default: Any) -> Any:
+    """``source.name`` if it has the type of ``default`` (numbers interchange), else ``default``."""
+    value = getattr(source, name, default)
+    if default is None:
+        return value if isinstance(value, str) and value.strip() else None
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else default
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def _secret_text(value: object) -> str | None:
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    return value if isinstance(value, str) and value.strip() else None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """What to build: a pool name, its backend, config, target URL and options."""
+
+    name: str
+    backend: str
+    config: ConnectionPoolConfig
+    url: str
+    required: bool
+    options: dict[str, Any]
+
+
+def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:
+    values: dict[str, Any] = {}
+    defaults = {**_COMMON, **_DEFAULTS[prefix]}
+    for key, default in defaults.items():
+        values[key.lower()] = read_setting(source, f"{prefix}_POOL_{key}", default)
+    return ConnectionPoolConfig(
+        pool_name=name,
+        min_size=values["min_size"],
+        max_size=values["max_size"],
+        idle_timeout=values["idle_timeout"],
+        connection_timeout=values["connect_timeout"],
+        health_check_interval=values["health_check_interval"],
+        max_lifetime=values["max_lifetime"],
+        max_waiting=values["max_waiting"],
+        drain_timeout=read_setting(source, "POOL_DRAIN_TIMEOUT", 20.0),
+    )
+
+
+def pool_specs(source: object) -> list[PoolSpec]:
+    """The pools ``source`` (a :class:`~resync.settings.Settings`) enables, in start order."""
+    specs = [
+        PoolSpec(
+            DATABASE_POOL,
+            "database",
+            _config(source, DATABASE_POOL, "DB"),
+            _secret_text(getattr(source, "DATABASE_URL", None)) or "sqlite+aiosqlite:///:memory:",
+            True,
+            {},
+        )
+    ]
+    redis_url = _secret_text(getattr(source, "REDIS_URL", None))
+    if redis_url and read_setting(source, "REDIS_POOL_MIN_SIZE", 1) > 0:
+        specs.append(
+            PoolSpec(
+                REDIS_POOL,
+                "redis",
+                _config(source, REDIS_POOL, "REDIS"),
+                redis_url,
+                read_setting(source, "REDIS_REQUIRED", False),
+                {},
+            )
+        )
+    http_url = _secret_text(getattr(source, "TWS_BASE_URL", None))
+    if http_url:
+        specs.append(
+            PoolSpec(
+                HTTP_POOL,
+                "http",
+                _config(source, HTTP_POOL, "HTTP"),
+                http_url,
+                read_setting(source, "HTTP_REQUIRED", False),
+                {"enable_http2": read_setting(source, "HTTP_ENABLE_HTTP2", False)},
+            )
+        )
+    return specs
+
+
+def build_pool(spec: PoolSpec) -> ConnectionPool[Any]:
+    """Construct (not open) the pool of ``spec``; drivers are imported only when used."""
+    if spec.backend == "database":
+        from resync.core.pools.db_pool import DatabaseConnectionPool
+
+        return DatabaseConnectionPool(spec.config, spec.url, **spec.options)
+    if spec.backend == "redis":
+        from resync.core.pools.redis_pool import RedisConnectionPool
+
+        return RedisConnectionPool(spec.config, spec.url, **spec.options)
+    if spec.backend == "http":
+        from resync.core.pools.http_pool import HTTPConnectionPool
+
+        return HTTPConnectionPool(spec.config, spec.url, **spec.options)
+    raise ValueError(f"unknown backend {spec.backend!r}")
+
+
+def build_pools(source: object) -> list[tuple[PoolSpec, ConnectionPool[Any]]]:
+    """Every pool ``source`` enables, constructed but not opened."""
+    return [(spec, build_pool(spec)) for spec in pool_specs(source)]

@@ -1,0 +1,379 @@
+"""The pool manager: every pool of the process, started and stopped as one.
+
+``ConnectionPoolManager`` builds the pools that settings enable (see
+:mod:`~resync.core.pools.factory`), plus any registered with :meth:`register`,
+opens them concurrently and all-or-nothing, watches each with a background
+health task, answers queries, and shuts everything down with one draining
+:meth:`close_all`. ``get_connection_pool_manager()`` gives the process-wide
+instance (one, however many callers race for it);
+``reset_connection_pool_manager()`` closes and forgets it.
+
+Settings are read when the manager starts, from the ``settings`` given to the
+constructor or else this module's ``settings`` name (so a test can substitute
+either).
+
+A manager belongs to the event loop it was opened on: using it from another
+loop raises :class:`~resync.core.exceptions.ManagerError` at once instead of
+asyncio's "Future attached to a different loop" from deep inside a driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from resync.core.exceptions import ManagerError, ManagerStartError, PoolNotFoundError
+from resync.core.pools.base_pool import ConnectionPool
+from resync.core.pools.budget import BudgetLine, check_budget
+from resync.core.pools.factory import build_pools, read_setting
+from resync.core.pools.health import HealthMonitor, HealthState, PoolHealth
+from resync.core.redact import mask_url
+from resync.settings import Settings, settings
+
+__all__ = [
+    "ConnectionPoolManager",
+    "get_connection_pool_manager",
+    "reset_connection_pool_manager",
+]
+
+logger = logging.getLogger("resync.manager")
+
+
+class ConnectionPoolManager:
+    """Owns the pools of one process; see the module docstring.
+
+    Lifecycle: ``await initialize()`` (or ``async with``) opens every pool
+    concurrently; if one fails, the ones already open are closed, no health
+    task is left, and :class:`~resync.core.exceptions.ManagerStartError`
+    names the failing pool. ``await close_all()`` stops admitting everywhere,
+    cancels the health tasks, lets active leases finish up to the drain
+    timeout, then closes every pool concurrently; it is idempotent.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | Any | None = None,
+        *,
+        check_budget_on_start: bool = True,
+    ) -> None:
+        self._settings = settings
+        self.pools: dict[str, ConnectionPool[Any]] = {}
+        self.health: dict[str, PoolHealth] = {}
+        self._monitors: dict[str, HealthMonitor] = {}
+        self._registered: dict[str, tuple[ConnectionPool[Any], bool]] = {}
+        self._initialized = False
+        self._shutdown = False
+        self._lock: asyncio.Lock | None = None
+        self._close_task: asyncio.Task[dict[str, int]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._check_budget_on_start = check_budget_on_start
+        self.budget: list[BudgetLine] = []
+        self.started_at: datetime | None = None
+
+    @property
+    def settings(self) -> Any:
+        """The settings this manager reads (the module-level ones unless given)."""
+        return self._settings if self._settings is not None else settings
+
+    @property
+    def _health_check_tasks(self) -> set[asyncio.Task[None]]:
+        return {m.task for m in self._monitors.values() if m.task is not None}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._shutdown else "ready" if self._initialized else "new"
+        return f"<ConnectionPoolManager [{state} | pools: {', '.join(self.pools) or '-'}]>"
+
+    # --- start ---------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Build and open every enabled pool, concurrently and all-or-nothing.
+
+        Idempotent; concurrent callers share one start. Each pool's open is
+        bounded by its own timeouts. On failure every pool opened is closed
+        again and ``ManagerStartError`` names the failing pool(s) and causes
+        (passwords hidden). Raises ``ManagerError`` after ``close_all()``.
+        """
+        if self._shutdown:
+            raise ManagerError(
+                "Cannot initialize: the pool manager is shutdown; create a new manager "
+                "(or call reset_connection_pool_manager())"
+            )
+        if self._initialized:
+            self._check_loop()
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._started():  # another caller finished the start while we waited
+                return
+            await self._start()
+
+    def _started(self) -> bool:
+        return self._initialized
+
+    async def _start(self) -> None:
+        specs = build_pools(self.settings)
+        pools: dict[str, tuple[ConnectionPool[Any], bool]] = {
+            spec.name: (pool, spec.required) for spec, pool in specs
+        }
+        for name, entry in self._registered.items():
+            if name in pools:
+                raise ManagerError(f"a pool named '{name}' is already configured from settings")
+            pools[name] = entry
+        names = list(pools)
+        logger.info("opening pools: %s", ", ".join(names))
+        results = await asyncio.gather(
+            *(pool.initialize() for pool, _ in pools.values()), return_exceptions=True
+        )
+        failures = {
+            name: result for name, result in zip(names, results, strict=True) if result is not None
+        }
+        if failures:
+            await asyncio.gather(
+                *(pool.close(drain_timeout=0) for pool, _ in pools.values()),
+                return_exceptions=True,
+            )
+            causes = {name: _describe(exc, pools[name][0]) for name, exc in failures.items()}
+            detail = "; ".join(f"pool '{n}': {c}" for n, c in causes.items())
+            first = next(iter(failures.values()))
+            cancelled = [e for e in failures.values() if not isinstance(e, Exception)]
+            if cancelled:
+                raise cancelled[0]
+            raise ManagerStartError(
+                f"Failed to initialize connection pool manager: {detail}. "
+                "Every pool already opened was closed; fix the setting(s) and restart",
+                causes,
+            ) from first
+        self._loop = asyncio.get_running_loop()
+        now = datetime.now(UTC)
+        for name, (pool, required) in pools.items():
+            self._adopt(name, pool, required, now)
+        self._initialized = True
+        self.started_at = now
+        logger.info("pool manager ready with %d pools: %s", len(self.pools), ", ".join(self.pools))
+        if self._check_budget_on_start:
+            processes = read_setting(self.settings, "WORKERS", 1)
+            self.budget = await check_budget(list(self.pools.values()), processes)
+
+    def _adopt(self, name: str, pool: ConnectionPool[Any], required: bool, now: datetime) -> None:
+        self.pools[name] = pool
+        health = PoolHealth(name, required, last_check=now)
+        self.health[name] = health
+        monitor = HealthMonitor(pool, health)
+        self._monitors[name] = monitor
+        monitor.start()
+
+    async def register(
+        self, name: str, pool: ConnectionPool[Any], *, required: bool = False
+    ) -> None:
+        """Add a custom pool under ``name``, before or after start.
+
+        Before start it is opened with the others (all-or-nothing); after
+        start it is opened now and gets its own health task. A name already
+        in use raises ``ManagerError``; so does registering after shutdown.
+        """
+        if not isinstance(pool, ConnectionPool):
+            raise ManagerError(f"register() needs a ConnectionPool, got {type(pool).__name__}")
+        if self._shutdown:
+            raise ManagerError(f"cannot register pool '{name}': the pool manager is shutdown")
+        if name in self.pools or name in self._registered:
+            raise ManagerError(
+                f"a pool named '{name}' is already registered; pick another name",
+                pool_name=name,
+            )
+        if not self._initialized:
+            self._registered[name] = (pool, required)
+            return
+        self._check_loop()
+        self._registered[name] = (pool, required)
+        await pool.initialize()
+        self._adopt(name, pool, required, datetime.now(UTC))
+
+    # --- queries -----------------------------------------------------------------
+
+    async def get_pool(self, pool_name: str) -> ConnectionPool[Any] | None:
+        """The pool named ``pool_name``, or None (also None before start)."""
+        if not self._initialized:
+            logger.warning("get_pool('%s') on a pool manager that is not initialized", pool_name)
+            return None
+        self._check_loop()
+        return self.pools.get(pool_name)
+
+    def pool(self, pool_name: str) -> ConnectionPool[Any]:
+        """The pool named ``pool_name``; raises ``PoolNotFoundError`` naming the known ones."""
+        found = self.pools.get(pool_name)
+        if found is None:
+            known = ", ".join(sorted(self.pools)) or "none (is the manager initialized?)"
+            raise PoolNotFoundError(
+                f"no pool named '{pool_name}'; configured pools: {known}", pool_name=pool_name
+            )
+        return found
+
+    def get_pool_stats(self) -> dict[str, dict[str, Any]]:
+        """``get_stats_snapshot()`` of every pool (same schema), plus its health."""
+        stats: dict[str, dict[str, Any]] = {}
+        for name, pool in self.pools.items():
+            try:
+                snap = pool.get_stats_snapshot()
+            except Exception as exc:  # one broken pool must not hide the others
+                logger.error("pool '%s': stats failed: %s", name, type(exc).__name__)
+                snap = {"error": type(exc).__name__}
+            health = self.health.get(name)
+            snap["health"] = health.as_dict() if health else None
+            stats[name] = snap
+        return stats
+
+    async def health_check_all(self) -> dict[str, bool]:
+        """Check every pool now, concurrently; each bounded by its own timeout.
+
+        Results also update the background health state. Empty before start.
+        """
+        if not self._initialized or self._shutdown:
+            return {}
+        self._check_loop()
+        names = list(self._monitors)
+        results = await asyncio.gather(*(self._monitors[n].check_now() for n in names))
+        return dict(zip(names, results, strict=True))
+
+    def readiness(self) -> dict[str, Any]:
+        """What a readiness probe needs, from the background checks (no I/O).
+
+        Ready when the manager is open and every required pool is healthy;
+        optional pools may be degraded or down without failing readiness.
+        """
+        pools = {name: health.as_dict() for name, health in self.health.items()}
+        blocking = [
+            name
+            for name, health in self.health.items()
+            if health.required and health.state is not HealthState.HEALTHY
+        ]
+        ready = self._initialized and not self._shutdown and not blocking
+        return {"ready": ready, "not_ready": blocking, "pools": pools}
+
+    # --- shutdown ----------------------------------------------------------------
+
+    async def close_all(self, drain_timeout: float | None = None) -> dict[str, int]:
+        """Drain and close every pool concurrently; idempotent.
+
+        Stops admitting in every pool at once, cancels the health tasks, gives
+        active leases up to ``drain_timeout`` seconds (default: each pool's
+        ``drain_timeout``) and closes the drivers. Returns, per pool, how many
+        leases were still open at the deadline (also logged). Concurrent
+        callers share one shutdown; cancelling a caller does not stop it.
+        """
+        if self._close_task is None:
+            if not self._initialized:
+                logger.debug("close_all() on a pool manager that never started")
+                self._shutdown = True
+                return {}
+            self._shutdown = True
+            self._close_task = asyncio.ensure_future(self._close(drain_timeout))
+        return await asyncio.shield(self._close_task)
+
+    async def _close(self, drain_timeout: float | None) -> dict[str, int]:
+        logger.info("closing pools: %s", ", ".join(self.pools))
+        await asyncio.gather(*(m.stop() for m in self._monitors.values()), return_exceptions=True)
+        names = list(self.pools)
+        results = await asyncio.gather(
+            *(self.pools[n].close(drain_timeout) for n in names), return_exceptions=True
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.error("pool '%s' failed to close: %s", name, type(result).__name__)
+        abandoned = {n: self.pools[n].leases_abandoned for n in names}
+        still_open = {n: c for n, c in abandoned.items() if c}
+        if still_open:
+            logger.warning("leases still open at the drain deadline: %s", still_open)
+        logger.info("pool manager closed (%d pools)", len(names))
+        return abandoned
+
+    async def __aenter__(self) -> ConnectionPoolManager:
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close_all()
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _check_loop(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is not self._loop:
+            raise ManagerError(
+                "This pool manager was opened on a different event loop and cannot be used "
+                "from this one; open a new manager in this loop (tests: call "
+                "reset_connection_pool_manager() between event loops)"
+            )
+
+
+def _describe(exc: BaseException, pool: ConnectionPool[Any]) -> str:
+    text = pool._scrub(exc) if isinstance(exc, Exception) else type(exc).__name__
+    return mask_url(f"{type(exc).__name__}: {text}")
+
+
+# --- the process-wide instance ------------------------------------------------------
+
+_manager_instance: ConnectionPoolManager | None = None
+_manager_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+
+def _lock_for_this_loop() -> asyncio.Lock:
+    # One lock per loop: an asyncio.Lock that has waited on one loop cannot
+    # be used on another, and test suites run one loop per test.
+    global _manager_lock
+    loop = asyncio.get_running_loop()
+    if _manager_lock is None or _manager_lock[0] is not loop:
+        _manager_lock = (loop, asyncio.Lock())
+    return _manager_lock[1]
+
+
+async def get_connection_pool_manager() -> ConnectionPoolManager:
+    """The process-wide manager, created and started on first use.
+
+    Any number of concurrent callers get one instance and one start. If the
+    start fails the error propagates and the next call tries again. Raises
+    ``ManagerError`` when the instance was opened on another event loop.
+    """
+    global _manager_instance
+    instance = _manager_instance
+    if instance is not None and instance._initialized and not instance._shutdown:
+        instance._check_loop()
+        return instance
+    async with _lock_for_this_loop():
+        if _manager_instance is None or _manager_instance._shutdown:
+            _manager_instance = ConnectionPoolManager()
+        instance = _manager_instance
+        try:
+            await instance.initialize()
+        except BaseException:
+            if _manager_instance is instance:
+                _manager_instance = None
+            raise
+        return instance
+
+
+async def reset_connection_pool_manager(drain_timeout: float | None = None) -> None:
+    """Close (draining) and forget the process-wide manager.
+
+    If it belongs to another event loop that is gone, it is forgotten without
+    closing (its loop can no longer run the close) and a warning is logged.
+    """
+    global _manager_instance
+    instance, _manager_instance = _manager_instance, None
+    if instance is None:
+        return
+    loop = instance._loop
+    if loop is not None and loop is not asyncio.get_running_loop():
+        logger.warning("forgetting a pool manager opened on another event loop without closing it")
+        return
+    try:
+        await instance.close_all(drain_timeout)
+    except Exception as exc:
+        logger.error("error while closing the pool manager: %s", type(exc).__name__)
