@@ -344,7 +344,8 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
             pool_name=self.name,
             backend=self.backend,
             state=self._state.value,
-            min_size=self.config.min_size,
+            # A backend may grant fewer slots than configured (SQLite memory: one).
+            min_size=min(self.config.min_size, self._gate.capacity),
             max_size=self._gate.capacity,
             max_waiting=self.config.max_waiting,
             connection_timeout=self.config.connection_timeout,
