@@ -44,12 +44,17 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
-from resync.core.pools.redis_slot import LeasedRedis, Slot
+from resync.core.pools.redis_slot import (
+    LeasedRedis,
+    Slot,
+    is_driver_exhausted,
+    leaves_state_unknown,
+)
 from resync.core.redact import mask_url, url_secrets
 from resync.core.resilience import BreakerSpec, build_circuit_breaker
 
@@ -60,21 +65,6 @@ logger = logging.getLogger("resync.pool.redis")
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
 # Options resync derives from ConnectionPoolConfig; passing them would fight it.
 _RESERVED = frozenset({"max_connections", "timeout", "connection_pool", "connection_class"})
-
-
-def _is_driver_exhausted(error: BaseException) -> bool:
-    return isinstance(error, MaxConnectionsError) or (
-        isinstance(error, RedisConnectionError) and str(error).startswith("No connection available")
-    )
-
-
-def _leaves_state_unknown(error: BaseException) -> bool:
-    """Could ``error`` have interrupted a command (so a reply may still be on its way)?"""
-    if isinstance(error, ResponseError):
-        return False  # the server answered; the exchange is complete
-    if not isinstance(error, Exception):
-        return True  # cancelled or interrupted
-    return isinstance(error, TimeoutError | OSError | BaseExceptionGroup | RedisError)
 
 
 class RedisConnectionPool(ConnectionPool[Redis]):
@@ -174,10 +164,13 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         self._idle, self._closed = [], []
         slots, self._slots = self._slots, []
         # Leased slots too: close() waited for them up to its drain timeout.
+        # A lease still running gets errors, and cannot reopen the socket.
         for slot in slots:
             if slot.opened:
                 self.stats.connection_closures += 1
             slot.opened = False
+            slot.adapter.active = False
+            slot.conn.retry.update_retries(0)
             await self._disconnect(slot.conn)
         if driver is not None:
             await driver.aclose()
@@ -206,7 +199,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         if error is not None and self._is_backend_failure(error):
             self.stats.connection_errors += 1
         if (
-            (error is not None and _leaves_state_unknown(error))
+            (error is not None and leaves_state_unknown(error))
             or adapter.busy  # a command, pipeline or pub/sub still holds it
             or not conn.is_connected
             or conn.should_reconnect()  # type: ignore[no-untyped-call]
@@ -361,7 +354,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
     def _map_error(self, error: BaseException) -> BaseException:
         if isinstance(error, ResyncError) or not isinstance(error, RedisError):
             return error
-        if _is_driver_exhausted(error):
+        if is_driver_exhausted(error):
             return self._timeout_error(0.0, cause=error)
         return self.errors.base(
             f"Redis operation failed on pool '{self.name}': {type(error).__name__}: "
@@ -370,7 +363,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         )
 
     def _is_backend_failure(self, error: BaseException) -> bool:
-        if isinstance(error, ResponseError) or _is_driver_exhausted(error):
+        if isinstance(error, ResponseError) or is_driver_exhausted(error):
             return False
         return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
 

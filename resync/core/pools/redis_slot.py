@@ -23,11 +23,35 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["LeasedRedis", "Slot", "SlotConnectionPool"]
+__all__ = [
+    "LeasedRedis",
+    "Slot",
+    "SlotConnectionPool",
+    "is_driver_exhausted",
+    "leaves_state_unknown",
+]
+
+
+def leaves_state_unknown(error: BaseException) -> bool:
+    """Could ``error`` have interrupted a command (so a reply may still be on its way)?"""
+    if isinstance(error, ResponseError):
+        return False  # the server answered; the exchange is complete
+    if not isinstance(error, Exception):
+        return True  # cancelled or interrupted
+    return isinstance(error, TimeoutError | OSError | BaseExceptionGroup | RedisError)
+
+
+def is_driver_exhausted(error: BaseException) -> bool:
+    """Is ``error`` redis-py saying it has no connection to give?"""
+    return isinstance(error, MaxConnectionsError) or (
+        isinstance(error, RedisConnectionError) and str(error).startswith("No connection available")
+    )
 
 
 class SlotConnectionPool:
