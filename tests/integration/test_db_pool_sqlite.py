@@ -185,7 +185,7 @@ async def test_lease_after_close_is_refused(make_pool: MakePool) -> None:
 
 async def test_invalid_url_fails_initialize(make_pool: MakePool) -> None:
     pool = await make_pool("invalid://url", initialize=False)
-    with pytest.raises(DatabaseSetupError, match="^Failed to setup pool 'sqlite'"):
+    with pytest.raises(DatabaseSetupError, match=r"^Failed to setup pool 'sqlite'"):
         await pool.initialize()
     assert not pool._initialized
 
@@ -346,7 +346,7 @@ async def test_objects_stay_readable_after_commit(make_pool: MakePool) -> None:
         assert not session.sync_session.expire_on_commit
 
 
-# --- file databases -----------------------------------------------------------------------------------
+# --- file databases -------------------------------------------------------------------------------
 
 
 async def test_file_database_runs_in_wal_mode_with_concurrent_leases(
@@ -396,7 +396,7 @@ async def test_locked_database_is_a_database_error_naming_the_pool(
         assert await scalar(session, "SELECT count(*) FROM t") == 1
 
 
-# --- sizes and lifetimes ---------------------------------------------------------------------------
+# --- sizes and lifetimes --------------------------------------------------------------------------
 
 
 async def test_min_size_connections_are_open_after_initialize(
@@ -465,7 +465,7 @@ async def test_lifetimes_are_jittered_so_connections_do_not_expire_together(
     assert all(before + 90 <= d <= after + 100 for d in deadlines)
 
 
-# --- health, options, close ------------------------------------------------------------------------
+# --- health, options, close -----------------------------------------------------------------------
 
 
 async def test_health_check_is_a_real_round_trip(make_pool: MakePool) -> None:

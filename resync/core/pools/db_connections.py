@@ -7,13 +7,14 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
 
 - **Reuse**: idle connections are a LIFO stack, so under light load the same few
   stay warm and the rest age out (the oldest idle sits at the bottom).
-- **Validation**: a connection used less than ``ping_after`` seconds ago and
-  whose socket the driver has not seen close (asyncpg notices a server kill or
-  restart by itself) is handed out with no I/O. Otherwise it is pinged first.
-  A dead one is dropped and the next is tried, then a new one is opened -- all
-  inside the caller's timeout, so a restart costs the caller nothing. When a
-  connection is found dead, every idle one older than that moment is pinged
-  before reuse (SQLAlchemy's pool-wide invalidation, without the reconnects).
+- **Validation**: with asyncpg, every checkout sends the transaction's
+  ``BEGIN`` itself instead of leaving it to the first statement -- the same
+  round trip, now also a liveness check. A connection that fails it (killed
+  backend, restarted server) is dropped and the next is tried, then a new one
+  is opened, all inside the caller's timeout, so the caller never sees the
+  dead one. Drivers without that hook are pinged when idle longer than
+  ``ping_after`` or when another connection was found dead since. SQLite
+  files do not disconnect and are never pinged.
 - **Lifetime**: each connection expires up to 10% before ``max_lifetime``, at
   random, so those opened together do not expire together. Expired
   connections are closed when found idle, never under a lease.
@@ -33,7 +34,8 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from time import monotonic
 from typing import Any
 
@@ -71,14 +73,21 @@ def _ping(connection: Connection) -> None:
 class HeldConnection:
     """One open connection and its deadlines (monotonic seconds)."""
 
-    __slots__ = ("conn", "driver", "expires_at", "idle_since", "is_closed")
+    __slots__ = ("begin", "conn", "dbapi", "driver", "expires_at", "idle_since", "is_closed")
 
     def __init__(self, conn: AsyncConnection, max_lifetime: float) -> None:
         now = monotonic()
         sync = conn.sync_connection
         assert sync is not None  # a connected AsyncConnection has one
         self.conn = conn
+        self.dbapi: Any = sync.connection.dbapi_connection
         self.driver: Any = sync.connection.driver_connection
+        # SQLAlchemy's asyncpg adapter starts its transaction lazily, with the
+        # first statement; starting it at checkout costs no extra round trip
+        # and validates the connection (see ConnectionStock._validate).
+        self.begin: Callable[[], Awaitable[None]] | None = getattr(
+            self.dbapi, "_start_transaction", None
+        )
         # asyncpg's flag flips when the server closes the socket; reading it is free.
         self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
         lifetime = max_lifetime or math.inf
@@ -174,28 +183,14 @@ class ConnectionStock:
 
     # --- checkout and check-in ----------------------------------------------------
 
-    def fresh(self, held: HeldConnection, now: float) -> bool:
-        """Can ``held`` be handed out without any I/O?"""
-        return (
-            held.expires_at > now
-            and now - held.idle_since < self.ping_after
-            and held.idle_since > self.suspect_since
-            and not held.dead()
-        )
-
-    def take_fresh(self) -> HeldConnection | None:
-        """The hot path: the most recently used idle connection, if no I/O is needed."""
-        idle = self.idle
-        if idle and self.fresh(idle[-1], monotonic()):
-            return idle.pop()
-        return None
-
     async def checkout(self, timeout: float) -> HeldConnection:
-        """A usable connection within ``timeout``: drop expired or dead idle ones,
-        ping stale ones, open a new one if none is left.
+        """A validated connection within ``timeout`` seconds.
 
-        Raises ``TimeoutError`` when the time runs out and the driver's error
-        when a new connection cannot be opened.
+        Takes the most recently used idle connection; drops it if expired or
+        dead and tries the next; opens a new one when none is left. Raises
+        ``TimeoutError`` when the time runs out and the driver's error when a
+        new connection cannot be opened or validated. Cancelled, it leaves no
+        connection open and none lost.
         """
         deadline = monotonic() + timeout
         idle = self.idle
@@ -207,19 +202,38 @@ class ConnectionStock:
             elif held.dead():
                 self.suspect_since = now
                 self.terminate(held)
-            elif self.fresh(held, now) or await self._ping_ok(held, deadline - now):
+            elif await self._validate(held, deadline, now):
                 return held
             else:
                 self.suspect_since = now
-        return await self.connect(max(deadline - monotonic(), 0.001))
+        held = await self.connect(max(deadline - monotonic(), 0.001))
+        await self._validate(held, deadline, None)
+        return held
 
-    async def _ping_ok(self, held: HeldConnection, timeout: float) -> bool:
+    async def _validate(self, held: HeldConnection, deadline: float, now: float | None) -> bool:
+        """Is ``held`` (idle since before ``now``; ``None``: just opened) usable?
+
+        With asyncpg the check is the transaction's own ``BEGIN``, sent here
+        instead of with the first statement: the round trip the lease makes
+        anyway proves the connection alive, and a dead one is replaced before
+        the caller sees it. Other drivers are pinged when idle longer than
+        ``ping_after`` or suspected. A new connection that fails raises.
+        """
+        begin = held.begin
+        if begin is None:
+            if now is None or (
+                now - held.idle_since < self.ping_after and held.idle_since > self.suspect_since
+            ):
+                return True
+            check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, _ping)
+        else:
+            check = begin
         try:
-            async with asyncio.timeout(max(timeout, 0.001)):
-                await held.conn.run_sync(_ping)
+            async with asyncio.timeout(max(deadline - monotonic(), 0.001)):
+                await check()
         except BaseException as exc:
             self.terminate(held)
-            if not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
+            if now is None or not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
                 raise
             logger.info("pool '%s': dropped a dead connection: %s", self.name, self._scrub(exc))
             return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 from typing import Any
 
@@ -46,9 +47,13 @@ _SELECT_ONE = text("SELECT 1")
 
 
 # Run inside SQLAlchemy's greenlet: one switch for the whole step.
-def _commit_and_close(session: Session) -> None:
+def _commit_and_close(session: Session, dbapi_connection: Any) -> None:
     session.commit()
     session.close()
+    if dbapi_connection is not None:
+        # The BEGIN sent at checkout is still open if the lease ran no
+        # statement; asyncpg's adapter makes this a no-op otherwise.
+        dbapi_connection.rollback()
 
 
 def _rollback_and_close(session: Session, connection: Connection | None) -> Exception | None:
@@ -78,6 +83,16 @@ def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
     finally:
         cursor.close()
+
+
+def _ping_after(
+    target: DatabaseTarget | None, ping_idle_after: float, engine_options: dict[str, Any]
+) -> float:
+    if engine_options.get("pool_pre_ping"):
+        return 0.0
+    if target is not None and target.backend == "sqlite":
+        return math.inf  # a local file does not drop connections
+    return ping_idle_after
 
 
 class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
@@ -188,7 +203,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         self._stock = ConnectionStock(
             self.name,
             config,
-            ping_after=0.0 if engine_options.get("pool_pre_ping") else ping_idle_after,
+            ping_after=_ping_after(target, ping_idle_after, engine_options),
             leased=self._leased.__len__,
             scrub=self._scrub,
         )
@@ -280,8 +295,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     # --- leasing ------------------------------------------------------------------------
 
     async def _acquire_connection(self, timeout: float) -> AsyncSession:
-        stock = self._stock
-        held = stock.take_fresh() or await stock.checkout(timeout)
+        held = await self._stock.checkout(timeout)
         session = self._sessionmaker(bind=held.conn)
         self._leased[session] = held
         return session
@@ -293,7 +307,8 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         try:
             if error is None:
                 try:
-                    await session.run_sync(_commit_and_close)
+                    eager = held.dbapi if held is not None and held.begin is not None else None
+                    await session.run_sync(_commit_and_close, eager)
                     reusable = True
                 except Exception as exc:
                     failure = exc
