@@ -1,0 +1,278 @@
+"""The ``resync`` command: serve the app, check and inspect the configured pools.
+
+Every command reads the same settings as the service (environment and
+``.env``); a bad value stops it with exit code 2 and a message naming the
+variable. Secrets are masked in everything printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from resync import __version__
+from resync.core.exceptions import ResyncError, SettingsError
+
+app = typer.Typer(
+    name="resync",
+    help="Connection pools for PostgreSQL/SQLite, Redis and HTTP upstreams, as a service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _settings() -> Any:
+    try:
+        from resync.settings import Settings
+
+        return Settings()
+    except SettingsError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"resync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """resync: one layer for every outbound connection of a FastAPI service."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: PORT).")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes (each has its own pools).")
+    ] = 1,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Run the service with uvicorn (uvloop when installed).
+
+    SIGTERM stops accepting connections, lets requests in flight finish, then
+    drains and closes the pools (POOL_DRAIN_TIMEOUT seconds at most).
+    """
+    import uvicorn
+
+    settings = _settings()
+    _configure_logging(settings.LOG_LEVEL)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    bind_host = host or settings.HOST
+    bind_port = settings.PORT if port is None else port
+    errors.print(
+        f"resync {__version__}: serving on http://{bind_host}:{bind_port} "
+        f"(workers={workers}, loop={loop}, database={_masked(settings.DATABASE_URL)})",
+        highlight=False,
+    )
+    # uvicorn drains on SIGTERM, then re-raises the signal for the previous
+    # handler. A drained shutdown is a success (Kubernetes sends SIGTERM on
+    # every rollout), so that handler just lets uvicorn.run return and exit 0.
+    signal.signal(signal.SIGTERM, _note_sigterm)
+    uvicorn.run(
+        "resync.api.app:create_app",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=workers if not reload else None,
+        reload=reload,
+        loop=loop,
+        log_level=settings.LOG_LEVEL.lower(),
+        timeout_graceful_shutdown=max(1, int(settings.POOL_DRAIN_TIMEOUT)),
+        lifespan="on",
+    )
+
+
+def _note_sigterm(signum: int, frame: object) -> None:
+    errors.print("resync: stopped by SIGTERM after draining", highlight=False)
+
+
+@app.command()
+def check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Open the configured pools, check each with a real round trip, print the results.
+
+    Exit code 0 when every required pool is healthy, 1 otherwise (including
+    when a pool cannot even open).
+    """
+    settings = _settings()
+    _configure_logging("WARNING")
+    rows, ok = asyncio.run(_check(settings))
+    if as_json:
+        console.print_json(json.dumps({"ok": ok, "pools": rows}))
+    else:
+        table = Table(title="resync check")
+        for column in ("pool", "backend", "required", "healthy", "latency", "error"):
+            table.add_column(column)
+        for row in rows:
+            latency = f"{row['latency_ms']:.1f} ms" if row["latency_ms"] is not None else "-"
+            table.add_row(
+                row["pool"],
+                row["backend"],
+                "yes" if row["required"] else "no",
+                "[green]yes[/]" if row["healthy"] else "[red]no[/]",
+                latency,
+                row["error"] or "",
+            )
+        console.print(table)
+        console.print("[green]all required pools healthy[/]" if ok else "[red]not ready[/]")
+    raise typer.Exit(0 if ok else 1)
+
+
+async def _check(settings: Any) -> tuple[list[dict[str, Any]], bool]:
+    from resync.core.pools.factory import build_pools
+
+    rows: list[dict[str, Any]] = []
+    ok = True
+    for spec, pool in build_pools(settings):
+        row: dict[str, Any] = {
+            "pool": spec.name,
+            "backend": spec.backend,
+            "required": spec.required,
+            "target": _masked(spec.url),
+            "healthy": False,
+            "latency_ms": None,
+            "error": None,
+        }
+        try:
+            await pool.initialize()
+            result = await pool.check_health()
+            row.update(healthy=result.healthy, latency_ms=result.latency * 1e3, error=result.error)
+        except ResyncError as exc:
+            row["error"] = _masked(str(exc))
+        except Exception as exc:
+            row["error"] = _masked(f"{type(exc).__name__}: {pool._scrub(exc)}")
+        finally:
+            await pool.close(drain_timeout=0)
+        if spec.required and not row["healthy"]:
+            ok = False
+        rows.append(row)
+    return rows, ok
+
+
+@app.command()
+def stats(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Base URL of a running service (default: http://HOST:PORT)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the live pool stats of a running service (its GET /pools)."""
+    import httpx
+
+    settings = _settings()
+    host = "127.0.0.1" if settings.HOST in ("0.0.0.0", "::") else settings.HOST
+    base = (url or f"http://{host}:{settings.PORT}").rstrip("/")
+    try:
+        response = httpx.get(f"{base}/pools", timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        errors.print(
+            f"[bold red]error:[/] no resync service answered at {base}/pools ({exc}); "
+            "start one with 'resync serve' or pass --url",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+    data = response.json()["pools"]
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    keys = [
+        "backend",
+        "state",
+        "active_connections",
+        "idle_connections",
+        "waiting_connections",
+        "max_size",
+        "pool_hits",
+        "pool_exhaustions",
+        "connection_errors",
+        "average_wait_time",
+    ]
+    table = Table(title=f"resync pools at {base}")
+    table.add_column("stat")
+    for name in data:
+        table.add_column(name)
+    for key in keys:
+        table.add_row(key, *(_cell(data[name].get(key)) for name in data))
+    table.add_row("health", *(_cell((data[n].get("health") or {}).get("state")) for n in data))
+    console.print(table)
+
+
+@app.command("config")
+def show_config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the effective settings (environment + .env + defaults), secrets masked."""
+    settings = _settings()
+    values = settings.masked()
+    if as_json:
+        console.print_json(json.dumps(values, default=str))
+        return
+    table = Table(title="resync settings")
+    table.add_column("variable")
+    table.add_column("value")
+    table.add_column("source")
+    explicit = settings.model_fields_set
+    for name, value in values.items():
+        table.add_row(name, _cell(value), "set" if name in explicit else "default")
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _masked(url: Any) -> str:
+    from resync.core.redact import mask_url
+
+    return mask_url(url) if url is not None else "-"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
