@@ -293,15 +293,21 @@ class RetryPolicy:
             if self.max_attempts < 2 or not retry_if(exc):
                 raise
             failed: BaseException = exc
-        return await self._retry(operation, failed, retry_if, on_retry)
+        return await self.resume(operation, failed, retry_if=retry_if, on_retry=on_retry)
 
-    async def _retry(
+    async def resume(
         self,
         operation: Callable[[], Awaitable[T]],
         failed: BaseException,
+        *,
         retry_if: Callable[[BaseException], bool],
-        on_retry: Callable[[int, BaseException], None] | None,
+        on_retry: Callable[[int, BaseException], None] | None = None,
     ) -> T:
+        """Continue after a first attempt that failed with ``failed`` (already vetted).
+
+        For callers that run the first attempt inline on their hot path; the
+        attempts and waits then go exactly as in :meth:`call`.
+        """
         replayed = False
 
         # tenacity runs the whole loop from attempt 1; the first attempt already

@@ -100,17 +100,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """
         counters = self.counters
         counters.requests += 1
-        inner = self.inner
-
-        def retryable(error: BaseException) -> bool:
-            return may_retry(request, error)
-
         try:
-            response = await self.retry.call(
-                lambda: inner.handle_async_request(request),
-                retry_if=retryable,
-                on_retry=self._count_retry,
-            )
+            try:
+                # The first attempt runs inline: a request that succeeds costs
+                # nothing here beyond the outcome bookkeeping below.
+                response = await self.inner.handle_async_request(request)
+            except Exception as exc:
+                if self.retry.max_attempts < 2 or not may_retry(request, exc):
+                    raise
+                response = await self._retry(request, exc)
         except Exception as exc:
             if is_upstream_failure(exc):
                 counters.upstream_failures += 1
@@ -127,6 +125,19 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         elif breaker is not None:
             breaker.record_success()
         return response
+
+    async def _retry(self, request: httpx.Request, failed: BaseException) -> httpx.Response:
+        inner = self.inner
+
+        def retryable(error: BaseException) -> bool:
+            return may_retry(request, error)
+
+        return await self.retry.resume(
+            lambda: inner.handle_async_request(request),
+            failed,
+            retry_if=retryable,
+            on_retry=self._count_retry,
+        )
 
     def _count_retry(self, attempt: int, error: BaseException) -> None:
         self.counters.retries += 1
