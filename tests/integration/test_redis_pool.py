@@ -186,6 +186,29 @@ async def test_concurrent_commands_on_one_lease_take_turns(redis_url: str, prefi
     assert sorted(results) == list(range(1, 51))
 
 
+async def test_pubsub_and_transactions_run_on_the_leased_connection(
+    redis_url: str, admin: aioredis.Redis, prefix: str
+) -> None:
+    async with opened(RedisConnectionPool(make_config(max_size=1), redis_url)) as pool:
+        async with pool.get_connection() as client:
+            pubsub = client.pubsub()
+            await pubsub.subscribe(f"{prefix}ch")
+            assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+            await admin.publish(f"{prefix}ch", "hello")
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None and message["data"] == "hello"
+            await pubsub.aclose()
+
+        async def bump(pipe: Any) -> None:
+            value = int(await pipe.get(f"{prefix}n") or 0)
+            pipe.multi()
+            pipe.set(f"{prefix}n", value + 1)
+
+        async with pool.get_connection() as client:
+            await client.transaction(bump, f"{prefix}n")
+            assert await client.get(f"{prefix}n") == "1"
+
+
 async def test_client_used_after_its_lease_is_refused(redis_url: str) -> None:
     async with opened(RedisConnectionPool(make_config(), redis_url)) as pool:
         async with pool.get_connection() as client:
