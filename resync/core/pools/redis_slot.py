@@ -95,7 +95,9 @@ class SlotConnectionPool:
 
         Waits while another command of the same lease uses it, at most the
         pool's ``connection_timeout`` (a pipeline in WATCH mode or a pub/sub
-        left open on the lease would otherwise deadlock the caller).
+        left open on the lease would otherwise deadlock the caller), then
+        raises ``TimeoutError``. Cancelled while waiting, it takes no turn.
+        Outside a lease it raises ``RuntimeError`` at once.
         """
         if not self.active:
             raise RuntimeError(
