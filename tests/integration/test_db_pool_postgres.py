@@ -266,6 +266,59 @@ async def test_failing_rollback_does_not_hide_the_original_error(
     await wait_for_backends(admin, pool, 1)
 
 
+async def test_execution_options_set_by_a_lease_do_not_reach_the_next(
+    make_pool: MakePool, admin: asyncpg.Connection
+) -> None:
+    pool = await make_pool(min_size=1, max_size=1)
+    schema = f"tenant_{uuid.uuid4().hex[:10]}"
+    await admin.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.marker (n int)")
+    try:
+        for _ in range(3):
+            async with pool.get_connection() as session:
+                await session.connection(
+                    execution_options={
+                        "isolation_level": "SERIALIZABLE",
+                        "schema_translate_map": {"tenant": schema},
+                    }
+                )
+                assert await scalar(session, "SHOW transaction_isolation") == "serializable"
+            async with pool.get_connection() as session:
+                assert await scalar(session, "SHOW transaction_isolation") == "read committed"
+                connection = await session.connection()
+                assert (
+                    "schema_translate_map" not in connection.sync_connection.get_execution_options()
+                )
+        assert pool.stats.connection_creations == 1  # reset in place, not reconnected
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def test_lease_that_runs_nothing_leaves_no_open_transaction(
+    make_pool: MakePool, admin: asyncpg.Connection
+) -> None:
+    pool = await make_pool(min_size=1, max_size=1)
+    async with pool.get_connection():
+        pass
+    states = await admin.fetch(
+        "SELECT state FROM pg_stat_activity WHERE application_name = $1", pool.application_name
+    )
+    assert [row["state"] for row in states] == ["idle"]
+
+
+async def test_isolation_levels_still_apply(make_pool: MakePool) -> None:
+    pool = await make_pool(isolation_level="REPEATABLE READ")
+    async with pool.get_connection() as session:
+        assert await scalar(session, "SHOW transaction_isolation") == "repeatable read"
+    async with pool.get_connection() as session:
+        await session.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+        assert await scalar(session, "SHOW transaction_isolation") == "serializable"
+    async with pool.get_connection() as session:  # the next lease gets the default back
+        assert await scalar(session, "SHOW transaction_isolation") == "repeatable read"
+    autocommit = await make_pool(isolation_level="AUTOCOMMIT")
+    async with autocommit.get_connection() as session:
+        assert await scalar(session, "SELECT 1") == 1
+
+
 # --- dead connections and outages -----------------------------------------------------------------
 
 
@@ -472,6 +525,59 @@ async def test_cancelled_query_frees_the_slot_and_leaks_no_connection(
     async with pool.get_connection() as session:
         assert await scalar(session, "SELECT 1") == 1
     await wait_for_backends(admin, pool, pool.get_stats_snapshot()["idle_connections"])
+
+
+async def test_lease_cancelled_while_connecting_leaks_nothing(
+    make_pool: MakePool, pg_url: str, admin: asyncpg.Connection
+) -> None:
+    application_name = f"resync-slow-{uuid.uuid4().hex[:8]}"
+    connecting = asyncio.Event()
+
+    async def slow_connect() -> asyncpg.Connection:
+        connecting.set()
+        await asyncio.sleep(0.2)
+        return await asyncpg.connect(
+            **_connect_kwargs(pg_url), server_settings={"application_name": application_name}
+        )
+
+    pool = await make_pool(min_size=1, max_size=2, async_creator=slow_connect)
+    connecting.clear()
+    async with pool.get_connection():
+        task = asyncio.create_task(pool.get_connection().__aenter__())
+        await connecting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert pool._gate.in_use == 0
+    await asyncio.sleep(0.4)
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+    assert await admin.fetchval(count, application_name) == 1  # the idle one
+    await pool.close()
+    assert pool.stats.connection_creations == pool.stats.connection_closures
+
+
+async def test_close_cuts_off_a_lease_that_outlives_the_drain(
+    make_pool: MakePool, admin: asyncpg.Connection
+) -> None:
+    pool = await make_pool(min_size=1, max_size=2)
+    leased = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def stubborn() -> None:
+        async with pool.get_connection() as session:
+            await session.execute(text("SELECT 1"))
+            leased.set()
+            await finish.wait()
+
+    task = asyncio.create_task(stubborn())
+    await leased.wait()
+    await pool.close(drain_timeout=0.1)
+    assert pool.get_stats_snapshot()["leases_abandoned"] == 1
+    await wait_for_backends(admin, pool, 0)
+    finish.set()
+    with pytest.raises(DatabaseError):
+        await task
+    assert pool.stats.active_connections == 0
 
 
 async def test_random_cancellations_never_leak_a_connection(

@@ -346,6 +346,18 @@ async def test_objects_stay_readable_after_commit(make_pool: MakePool) -> None:
         assert not session.sync_session.expire_on_commit
 
 
+async def test_isolation_level_set_by_a_lease_is_undone_for_the_next(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(file_url(tmp_path), min_size=1, max_size=1)
+    async with pool.get_connection() as session:
+        await session.connection(execution_options={"isolation_level": "READ UNCOMMITTED"})
+        assert await scalar(session, "PRAGMA read_uncommitted") == 1
+    async with pool.get_connection() as session:
+        assert await scalar(session, "PRAGMA read_uncommitted") == 0
+    assert pool.stats.connection_creations == 1
+
+
 # --- file databases -------------------------------------------------------------------------------
 
 
@@ -463,6 +475,21 @@ async def test_lifetimes_are_jittered_so_connections_do_not_expire_together(
     deadlines = [held.expires_at for held in pool._stock.idle]
     assert len(set(deadlines)) == 5
     assert all(before + 90 <= d <= after + 100 for d in deadlines)
+
+
+async def test_pre_ping_replaces_a_connection_that_died_while_idle(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(file_url(tmp_path), min_size=1, max_size=1, pool_pre_ping=True)
+    async with pool.get_connection() as session:
+        await session.execute(text("CREATE TABLE t (n INTEGER)"))
+    dying = pool._stock.idle[-1].driver
+    await dying.close()  # behind the pool's back
+    async with pool.get_connection() as session:
+        assert await scalar(session, "SELECT count(*) FROM t") == 0
+        connection = await session.connection()
+        assert (await connection.get_raw_connection()).driver_connection is not dying
+    assert pool.stats.connection_errors == 0
 
 
 # --- health, options, close -----------------------------------------------------------------------

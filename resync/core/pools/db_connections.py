@@ -71,15 +71,27 @@ def _ping(connection: Connection) -> None:
 
 
 class HeldConnection:
-    """One open connection and its deadlines (monotonic seconds)."""
+    """One open connection, its deadlines, and how to validate and reset it."""
 
-    __slots__ = ("begin", "conn", "dbapi", "driver", "expires_at", "idle_since", "is_closed")
+    __slots__ = (
+        "begin",
+        "conn",
+        "dbapi",
+        "driver",
+        "expires_at",
+        "idle_since",
+        "is_closed",
+        "options",
+        "stale",
+    )
 
     def __init__(self, conn: AsyncConnection, max_lifetime: float) -> None:
         now = monotonic()
         sync = conn.sync_connection
         assert sync is not None  # a connected AsyncConnection has one
         self.conn = conn
+        self.options = sync.get_execution_options()
+        self.stale = False
         self.dbapi: Any = sync.connection.dbapi_connection
         self.driver: Any = sync.connection.driver_connection
         # SQLAlchemy's asyncpg adapter starts its transaction lazily, with the
@@ -97,6 +109,42 @@ class HeldConnection:
     def dead(self) -> bool:
         """Has the driver seen the server close this connection?"""
         return self.is_closed is not None and self.is_closed()
+
+    def reset(self, *, rollback: bool = False) -> bool:
+        """Undo what a lease left behind, as SQLAlchemy's pool does on check-in.
+
+        Runs inside SQLAlchemy's greenlet, after the session closed. Ends a
+        driver transaction the session no longer tracks (the BEGIN of a lease
+        that ran nothing; SQLite after a failed COMMIT), and undoes execution
+        options the lease set on the connection (isolation level,
+        ``schema_translate_map`` ...). False: discard the connection instead.
+        """
+        sync = self.conn.sync_connection
+        if sync is None or sync.invalidated:
+            return False
+        if rollback or self.begin is not None:
+            self.dbapi.rollback()  # a no-op when no transaction is open
+        if sync.get_execution_options() is self.options:
+            return True
+        # SQLAlchemy queues the undo of connection characteristics for the
+        # pool's check-in, which a held connection never reaches: run it here.
+        record = getattr(sync.connection, "_connection_record", None)
+        undo = getattr(record, "finalize_callback", None)
+        if undo is None:
+            return False
+        while undo:
+            undo.pop()(self.dbapi)
+        self.stale = True  # the Connection object still carries the options
+        return True
+
+    def renew(self) -> None:
+        """A fresh ``Connection`` object on the same driver connection (no I/O)."""
+        old = self.conn.sync_connection
+        assert old is not None
+        fresh = Connection(old.engine, connection=old.connection)
+        self.conn = AsyncConnection(self.conn.engine, fresh)
+        self.options = fresh.get_execution_options()
+        self.stale = False
 
 
 class ConnectionStock:
@@ -248,6 +296,8 @@ class ConnectionStock:
             # One connection died under a lease; the idle ones may have too.
             self.suspect_since = now
         elif reusable and not conn.in_transaction() and not held.dead():
+            if held.stale:
+                held.renew()
             held.idle_since = now
             self.idle.append(held)
             return

@@ -17,7 +17,6 @@ import secrets
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -47,34 +46,28 @@ _SELECT_ONE = text("SELECT 1")
 
 
 # Run inside SQLAlchemy's greenlet: one switch for the whole step.
-def _commit_and_close(session: Session, dbapi_connection: Any) -> None:
+def _commit_and_close(session: Session, held: HeldConnection | None) -> bool:
     session.commit()
     session.close()
-    if dbapi_connection is not None:
-        # The BEGIN sent at checkout is still open if the lease ran no
-        # statement; asyncpg's adapter makes this a no-op otherwise.
-        dbapi_connection.rollback()
+    try:
+        return held is None or held.reset()
+    except Exception:  # committed all the same; the connection is just not reused
+        return False
 
 
-def _rollback_and_close(session: Session, connection: Connection | None) -> Exception | None:
-    problem: Exception | None = None
+def _rollback_and_close(session: Session, held: HeldConnection | None) -> Exception | None:
     try:
         session.rollback()
         session.close()
-        if connection is not None and not connection.invalidated:
-            # What SQLAlchemy's pool does on return: a failed COMMIT can leave
-            # the driver inside a transaction the session no longer tracks
-            # (SQLite keeps it open after a deferred constraint fails).
-            dbapi_connection = connection.connection.dbapi_connection
-            if dbapi_connection is not None:
-                dbapi_connection.rollback()
+        if held is not None and not held.reset(rollback=True):
+            return RuntimeError("the connection could not be reset")
     except Exception as exc:
-        problem = exc
         try:
             session.close()
         except Exception as close_exc:
             logger.debug("closing a session after a failed rollback: %s", type(close_exc).__name__)
-    return problem
+        return exc
+    return None
 
 
 def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -307,9 +300,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         try:
             if error is None:
                 try:
-                    eager = held.dbapi if held is not None and held.begin is not None else None
-                    await session.run_sync(_commit_and_close, eager)
-                    reusable = True
+                    reusable = await session.run_sync(_commit_and_close, held)
                 except Exception as exc:
                     failure = exc
                     reusable = await self._roll_back(session, held, exc)
@@ -335,8 +326,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     async def _roll_back(
         self, session: AsyncSession, held: HeldConnection | None, cause: BaseException
     ) -> bool:
-        connection = held.conn.sync_connection if held is not None else None
-        problem = await session.run_sync(_rollback_and_close, connection)
+        problem = await session.run_sync(_rollback_and_close, held)
         if problem is None:
             return True
         logger.warning(
