@@ -15,6 +15,10 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
   dead one. Drivers without that hook are pinged when idle longer than
   ``ping_after`` or when another connection was found dead since. SQLite
   files do not disconnect and are never pinged.
+- **Reset**: what SQLAlchemy's pool undoes when a connection is checked in --
+  an open driver transaction, the isolation level and other execution
+  options a lease set on its connection -- is undone at the end of each
+  lease, since a held connection is never checked in.
 - **Lifetime**: each connection expires up to 10% before ``max_lifetime``, at
   random, so those opened together do not expire together. Expired
   connections are closed when found idle, never under a lease.
@@ -97,9 +101,9 @@ class HeldConnection:
         # SQLAlchemy's asyncpg adapter starts its transaction lazily, with the
         # first statement; starting it at checkout costs no extra round trip
         # and validates the connection (see ConnectionStock._validate).
-        self.begin: Callable[[], Awaitable[None]] | None = getattr(
-            self.dbapi, "_start_transaction", None
-        )
+        self.begin: Callable[[], Awaitable[None]] | None = None
+        if not getattr(self.dbapi, "autocommit", False):  # AUTOCOMMIT sends no BEGIN
+            self.begin = getattr(self.dbapi, "_start_transaction", None)
         # asyncpg's flag flips when the server closes the socket; reading it is free.
         self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
         lifetime = max_lifetime or math.inf

@@ -130,14 +130,17 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
       random (``pool_recycle`` without the herd); closed when found idle,
       never under a lease; ``0`` means never.
 
-    Dead connections: a connection used in the last ``ping_idle_after``
-    seconds (default 1) whose socket asyncpg has not seen close is reused with
-    no round trip; any other is pinged first and, if dead, replaced inside the
-    same lease, so a killed backend or restarted server costs the next caller
-    nothing. Pre-ping on every checkout (``pool_pre_ping=True`` or
-    ``ping_idle_after=0``) costs asyncpg three round trips per lease, and
-    invalidate-on-error alone hands the first caller after a restart an
-    error. A server that stays down gives a typed error within the timeout.
+    Dead connections: with asyncpg each checkout sends the transaction's
+    ``BEGIN`` itself, the round trip the first statement would have made
+    anyway, so every lease proves its connection alive for free; one killed
+    by the server or lost to a restart is dropped and replaced inside the
+    same lease and the caller never sees it. Pre-ping would cost asyncpg
+    three more round trips per lease; invalidate-on-error alone hands the
+    first caller after a restart an error. Connections without that hook
+    (other drivers, AUTOCOMMIT) are pinged when idle longer than
+    ``ping_idle_after`` seconds (default 1; ``pool_pre_ping=True``: always);
+    SQLite files are never pinged. A server that stays down gives a typed
+    error within ``connection_timeout``.
 
     SQLite: ``:memory:`` becomes a uniquely named shared-cache memory database
     kept alive by one connection the pool never leases, so every lease sees
