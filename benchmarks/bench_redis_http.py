@@ -211,7 +211,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["redis", "http"], help="one workload; no report")
     args = parser.parse_args()
     rounds, duration = (1, 0.5) if args.quick else (args.rounds, args.duration)
+    load_before = os.getloadavg()[0]
     results = asyncio.run(main_async(rounds, duration, args.only))
+    load_after = os.getloadavg()[0]
     lines = verdicts(results)
     print("\n".join(lines))
     if args.quick or args.only:
@@ -222,8 +224,10 @@ def main() -> None:
         "",
         f"Both sides cap connections at {MAX_SIZE}. The HTTP upstream is "
         "`tests/helpers/upstream.py` in a separate process (uvloop); Redis is the "
-        "local server, database 15. With one CPU shared by client, upstream and "
-        "Redis, rows differing by a few percent are within run-to-run noise.",
+        "local server, database 15. Client, upstream and Redis share the machine's "
+        "CPUs, so rows differing by a few percent are within run-to-run noise; the "
+        f"1-minute load average was {load_before:.2f} before the run and "
+        f"{load_after:.2f} after (other work competing for the CPUs shows there).",
     ]
     path = write_report(
         "bench_redis_http",
