@@ -70,8 +70,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default: PORT).")] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes (each has its own pools).")
-    ] = 1,
+        int | None,
+        typer.Option(min=1, help="Worker processes, each with its own pools (default: WORKERS)."),
+    ] = None,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
     """Run the service with uvicorn (uvloop when installed).
@@ -90,6 +91,7 @@ def serve(
     except ImportError:
         loop = "asyncio"
     bind_host = host or settings.HOST
+    workers = workers or settings.WORKERS
     bind_port = settings.PORT if port is None else port
     errors.print(
         f"resync {__version__}: serving on http://{bind_host}:{bind_port} "

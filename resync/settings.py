@@ -93,7 +93,14 @@ class Settings(BaseSettings):
     POOL_DRAIN_TIMEOUT: float = Field(
         default=20.0, ge=0, description="Seconds close waits for active leases."
     )
-    WORKERS: int = Field(default=1, ge=1, description="Processes x replicas sharing budgets.")
+    WORKERS: int = Field(
+        default=1, ge=1, description="Worker processes per instance (resync serve --workers)."
+    )
+    REPLICAS: int = Field(
+        default=1,
+        ge=1,
+        description="Instances (pods) of the service sharing the servers' connection limits.",
+    )
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     HOST: str = Field(default="127.0.0.1", description="Address `resync serve` binds.")
     PORT: int = Field(default=8000, ge=0, le=65535, description="Port `resync serve` binds.")

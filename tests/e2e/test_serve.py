@@ -78,15 +78,15 @@ def service(
         log.close()
 
 
-async def backends(application_like: str = "resync-database-%") -> int:
+async def pool_backends() -> dict[str, int]:
+    """Backends of resync database pools on the shared server, by application_name."""
     conn = await asyncpg.connect(PG_DSN)
     try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1",
-                application_like,
-            )
+        rows = await conn.fetch(
+            "SELECT application_name, count(*) AS n FROM pg_stat_activity "
+            "WHERE application_name LIKE 'resync-database-%' GROUP BY application_name"
         )
+        return {row["application_name"]: int(row["n"]) for row in rows}
     finally:
         await conn.close()
 
@@ -125,7 +125,10 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_0_with_no_conne
     key = f"inflight-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         assert (await client.put(f"/api/kv/{key}", json={"value": "before"})).status_code == 200
-        assert await backends() >= 2
+        names = (await client.get("/pools")).json()["pools"]["database"]["details"][
+            "application_name"
+        ]
+        assert (await pool_backends()).get(names, 0) >= 2
         # Hold the row lock so the next PUTs block inside the service, mid-request.
         blocker = await asyncpg.connect(PG_DSN)
         try:
@@ -148,7 +151,7 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_0_with_no_conne
     assert [r.status_code for r in responses] == [200] * 5
     exit_code = await asyncio.to_thread(proc.wait, 15)
     assert exit_code == 0
-    assert await backends() == 0
+    assert (await pool_backends()).get(names, 0) == 0
     conn = await asyncpg.connect(PG_DSN)
     try:
         value = await conn.fetchval("SELECT value FROM resync_kv WHERE key = $1", key)

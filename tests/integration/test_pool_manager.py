@@ -191,8 +191,17 @@ async def test_get_pool_before_start_returns_none() -> None:
 
 
 async def test_failing_second_pool_closes_the_first_and_leaves_no_server_connection(
-    pg_url: str,
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    built: list[Any] = []
+    original_build = pool_manager.build_pools
+
+    def recording_build(source: object) -> Any:
+        pools = original_build(source)
+        built.extend(pool for _, pool in pools)
+        return pools
+
+    monkeypatch.setattr(pool_manager, "build_pools", recording_build)
     dead_redis = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
     settings = make_settings(DATABASE_URL=pg_url, DB_POOL_MIN_SIZE=3, REDIS_URL=dead_redis)
     manager = ConnectionPoolManager(settings)
@@ -205,7 +214,9 @@ async def test_failing_second_pool_closes_the_first_and_leaves_no_server_connect
     assert set(info.value.failures) == {"redis"}
     assert manager.pools == {}
     assert manager._health_check_tasks == set()
-    assert await resync_backends() == 0
+    database = next(pool for pool in built if pool.backend == "database")
+    assert database.stats.connection_creations >= 3  # it did open before the failure
+    assert await resync_backends(database.application_name) == 0
 
 
 async def test_a_failing_custom_pool_aborts_the_start_too() -> None:
@@ -384,10 +395,11 @@ async def test_close_all_lets_50_active_leases_finish_within_the_drain_timeout(
 
     tasks = [asyncio.create_task(work()) for _ in range(50)]
     await asyncio.wait_for(started.wait(), 30)
+    assert await resync_backends(pool.application_name) >= 50  # type: ignore[attr-defined]
     abandoned = await manager.close_all(drain_timeout=20)
     assert abandoned == {"database": 0}
     assert await asyncio.gather(*tasks) == [7] * 50
-    assert await resync_backends() == 0
+    assert await resync_backends(pool.application_name) == 0  # type: ignore[attr-defined]
 
 
 async def test_close_all_is_idempotent_and_concurrent() -> None:
@@ -424,7 +436,7 @@ async def test_budget_check_warns_when_replicas_times_max_size_exceed_the_server
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="resync.manager")
-    settings = make_settings(DATABASE_URL=pg_url, DB_POOL_MAX_SIZE=50, WORKERS=100)
+    settings = make_settings(DATABASE_URL=pg_url, DB_POOL_MAX_SIZE=50, WORKERS=4, REPLICAS=25)
     async with ConnectionPoolManager(settings) as manager:
         line = next(b for b in manager.budget if b.pool == "database")
         assert line.total == 5000

@@ -352,6 +352,7 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
             wait_time_p99=self.wait_histogram.quantile(0.99),
             leases_abandoned=self.leases_abandoned,
             circuit_breaker=breaker.snapshot() if breaker is not None else None,
+            details=self._details(),
         )
         return data
 
@@ -433,6 +434,10 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
     def _idle_connections(self) -> int:
         """Open driver connections not leased now (0 when unknown)."""
         return 0
+
+    def _details(self) -> dict[str, Any]:
+        """Backend facts for the stats' ``details`` key (target, driver ...); never secrets."""
+        return {}
 
     def _map_error(self, error: BaseException) -> BaseException:
         """Translate a backend error to the family; return ``error`` to leave it."""

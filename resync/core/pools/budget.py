@@ -1,7 +1,7 @@
 """Connection budget: do all replicas' pools fit in the servers' limits?
 
 Every process opens up to ``max_size`` connections per pool, and a deployment
-runs ``WORKERS`` processes (workers x replicas). The total must stay under the
+runs ``WORKERS`` processes in each of ``REPLICAS`` instances. The total must stay under the
 server's limit -- PostgreSQL's ``max_connections`` minus the slots reserved for
 superusers, Redis' ``maxclients`` -- or the last replicas to start get
 "too many clients" at the worst moment. At start the manager asks each server
@@ -89,7 +89,7 @@ async def check_budget(pools: list[ConnectionPool[Any]], processes: int) -> list
         if line.over:
             logger.warning(
                 "connection budget of pool '%s' is over: %d processes x max_size %d = %d "
-                "connections, but the %s server allows %d; lower max_size or WORKERS",
+                "connections, but the %s server allows %d; lower max_size, WORKERS or REPLICAS",
                 line.pool,
                 line.processes,
                 line.per_process,

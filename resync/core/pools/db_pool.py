@@ -228,6 +228,14 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     def _idle_connections(self) -> int:
         return len(self._stock.idle)
 
+    def _details(self) -> dict[str, Any]:
+        target = self._target
+        return {
+            "target": target.display if target is not None else None,
+            "driver": target.driver if target is not None else None,
+            "application_name": self.application_name,
+        }
+
     # --- setup and close ---------------------------------------------------------------
 
     async def _setup_pool(self) -> None:

@@ -154,7 +154,9 @@ class ConnectionPoolManager:
         self.started_at = now
         logger.info("pool manager ready with %d pools: %s", len(self.pools), ", ".join(self.pools))
         if self._check_budget_on_start:
-            processes = read_setting(self.settings, "WORKERS", 1)
+            processes = read_setting(self.settings, "WORKERS", 1) * read_setting(
+                self.settings, "REPLICAS", 1
+            )
             self.budget = await check_budget(list(self.pools.values()), processes)
 
     def _adopt(self, name: str, pool: ConnectionPool[Any], required: bool, now: datetime) -> None:
