@@ -327,3 +327,40 @@ async def test_slow_connect_counts_against_the_same_timeout() -> None:
     assert pool.stats.active_connections == 0
     assert pool._gate.in_use == 0
     await pool.close()
+
+
+async def test_resize_grows_to_admit_waiters_and_shrinks_without_breaking_leases() -> None:
+    pool = make_pool(min_size=0, max_size=1, connection_timeout=30)
+    await pool.initialize()
+    first = pool.get_connection()
+    await first.__aenter__()
+    second = pool.get_connection()
+    entering = asyncio.create_task(second.__aenter__())
+    await asyncio.sleep(0)
+    assert pool._gate.waiting == 1
+    await pool.resize(0, 2)  # growing admits the waiter at once
+    await entering
+    assert pool._gate.waiting == 0 and pool._gate.in_use == 2
+    await pool.resize(0, 1)  # two leases stay valid above the new cap
+    queued = asyncio.create_task(_hold_briefly(pool))
+    await asyncio.sleep(0)
+    await first.__aexit__(None, None, None)
+    await asyncio.sleep(0)
+    # The freed slot was above the new capacity: retired, not handed on.
+    assert pool._gate.in_use == 1 and pool._gate.waiting == 1
+    await second.__aexit__(None, None, None)
+    await queued
+    assert pool._gate.in_use == 0
+    assert pool.get_stats_snapshot()["max_size"] == 1
+    await pool.close()
+
+
+async def test_resize_refuses_invalid_sizes() -> None:
+    pool = make_pool()
+    with pytest.raises(ValueError, match=r"max_size \(1\) must be >= min_size \(3\)"):
+        await pool.resize(3, 1)
+
+
+async def _hold_briefly(pool: InMemoryPool) -> None:
+    async with pool.get_connection():
+        await asyncio.sleep(0.01)

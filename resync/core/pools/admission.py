@@ -108,11 +108,13 @@ class AdmissionGate:
     def release(self) -> None:
         """Give one slot back: to the oldest live waiter, else to the free pool."""
         waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(GRANTED)
-                return
+        # After a shrink, slots above the new capacity are retired, not passed on.
+        if self.in_use <= self.capacity:
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_result(GRANTED)
+                    return
         self.in_use -= 1
         if self.in_use == 0 and self.on_empty is not None:
             self.on_empty()

@@ -317,6 +317,35 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
             )
         return mapped
 
+    # --- live operations ------------------------------------------------------------
+
+    async def drain(self, interval: float | None = None) -> int:
+        """Replace every open connection without refusing a lease.
+
+        Idle connections are closed and reopened one at a time, spread over
+        ``interval`` seconds (default: a second per connection, at most 30 s);
+        leased ones are replaced when they come back. Returns how many
+        connections were marked for replacement. Raises the "not initialized"
+        or "shutdown" error outside ``ready``. Cancelling the caller stops
+        the spreading; connections already marked are still replaced on return.
+        """
+        self._check_usable()
+        replaced = await self._replace_connections(interval)
+        logger.info("pool '%s': draining %d connection(s)", self.name, replaced)
+        return replaced
+
+    async def resize(self, min_size: int, max_size: int) -> None:
+        """Change ``min_size`` and ``max_size`` at runtime.
+
+        Growing admits queued waiters at once; shrinking lets active leases
+        finish (the extra slots are simply not handed out again) and closes
+        surplus idle connections. Raises ``PoolConfigError`` for invalid sizes.
+        """
+        self.config = self.config.replace(min_size=min_size, max_size=max_size)
+        self._gate.resize(max_size)
+        await self._apply_resize()
+        logger.info("pool '%s' resized to min=%d max=%d", self.name, min_size, max_size)
+
     # --- stats -------------------------------------------------------------------
 
     async def increment_stat(self, stat_name: str, amount: int = 1) -> None:
@@ -434,6 +463,13 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
     def _idle_connections(self) -> int:
         """Open driver connections not leased now (0 when unknown)."""
         return 0
+
+    async def _replace_connections(self, interval: float | None) -> int:
+        """Mark every connection for replacement (``drain``); 0 when not supported."""
+        return 0
+
+    async def _apply_resize(self) -> None:
+        """React to new ``config`` sizes (open up to min_size, close surplus idle)."""
 
     def _details(self) -> dict[str, Any]:
         """Backend facts for the stats' ``details`` key (target, driver ...); never secrets."""
