@@ -609,6 +609,35 @@ async def test_random_cancellations_never_leak_a_connection(
     gc.collect()
 
 
+def test_pool_never_closed_is_cleaned_up_when_its_loop_shuts_down(pg_url: str) -> None:
+    async def open_and_forget() -> str:
+        config = ConnectionPoolConfig(pool_name="forgotten", min_size=2, max_size=3)
+        pool = DatabaseConnectionPool(config, pg_url)
+        await pool.initialize()
+        async with pool.get_connection() as session:
+            await session.execute(text("SELECT 1"))
+        return pool.application_name
+
+    with asyncio.Runner() as runner:
+        application_name = runner.run(open_and_forget())
+    gc.collect()  # nothing is left for the collector to warn about
+
+    async def backends_left() -> int:
+        conn = await asyncpg.connect(**_connect_kwargs(pg_url))
+        try:
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+            deadline = time.monotonic() + 10
+            while (count := int(await conn.fetchval(sql, application_name))) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.05)
+            return count
+        finally:
+            await conn.close()
+
+    assert asyncio.run(backends_left()) == 0
+
+
 # --- health and options ---------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import fields
@@ -490,6 +491,19 @@ async def test_pre_ping_replaces_a_connection_that_died_while_idle(
         connection = await session.connection()
         assert (await connection.get_raw_connection()).driver_connection is not dying
     assert pool.stats.connection_errors == 0
+
+
+def test_memory_pool_never_closed_is_cleaned_up_when_its_loop_shuts_down() -> None:
+    async def open_and_forget() -> None:
+        config = ConnectionPoolConfig(pool_name="test", min_size=1, max_size=1)
+        pool = DatabaseConnectionPool(config, "sqlite:///:memory:")
+        await pool.initialize()
+        async with pool.get_connection() as session:
+            await session.execute(text("SELECT 1"))
+
+    with asyncio.Runner() as runner:
+        runner.run(open_and_forget())
+    gc.collect()  # nothing is left for the collector to warn about
 
 
 # --- health, options, close -----------------------------------------------------------------------

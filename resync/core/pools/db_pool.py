@@ -266,9 +266,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        self._maintenance = asyncio.ensure_future(
-            self._stock.maintain(self._gate, lambda: self._state is PoolState.READY)
-        )
+        self._maintenance = asyncio.ensure_future(self._maintain())
         logger.info("pool '%s': %d connection(s) open to %s", self.name, count, self._display)
 
     async def _warm_one(self) -> None:
@@ -289,12 +287,30 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
         stock = self._stock
         for held in self._leased.values():  # still out after the drain: cut off
             stock.terminate(held)
         self._leased.clear()
         keeper, self._keeper = self._keeper, None
         await stock.close_all(last=keeper)
+
+    async def _maintain(self) -> None:
+        """Run the stock's maintenance; if the event loop shuts down under a pool
+        nobody closed (``asyncio.run`` returning, a test ending), close its
+        connections rather than leave them to the garbage collector."""
+        try:
+            await self._stock.maintain(self._gate, lambda: self._state is PoolState.READY)
+        except asyncio.CancelledError:
+            if self._state is PoolState.READY:  # close() cancels only after leaving READY
+                logger.warning(
+                    "pool '%s' was never closed; closing its connections as the loop shuts down",
+                    self.name,
+                )
+                await self._close_connections()
+            raise
 
     # --- leasing ------------------------------------------------------------------------
 
