@@ -22,6 +22,7 @@ The tree::
     │       ├── PoolNotFoundError (KeyError)     no pool registered under that name
     │       └── ManagerStartError (+ TWSConnectionError, as the seed raised)
     │                                            a pool failed to open; the others were closed
+    ├── ResourceBroken                           a pooled resource is unusable: the pool closes it
     ├── DatabaseError                            seed family: SQL databases and Redis
     │   ├── DatabasePoolTimeoutError   (+ PoolTimeoutError)
     │   ├── DatabasePoolClosedError    (+ PoolClosedError)
@@ -103,6 +104,7 @@ __all__ = [
     "RedisPoolTimeoutError",
     "RedisSetupError",
     "RedisUnavailableError",
+    "ResourceBroken",
     "ResyncError",
     "SettingsError",
     "TWSConnectionError",
@@ -186,6 +188,15 @@ class PoolNotFoundError(ManagerError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ResourceBroken(ResyncError):
+    """The resource a lease holds is unusable (a worker died, a socket broke).
+
+    Raise it (or a subclass) inside ``async with pool.get_connection()`` of a
+    :class:`~resync.core.pools.resource_pool.ResourcePool`: the pool closes that
+    resource instead of returning it, and never hands it out again.
+    """
 
 
 # --- database family (seed: DatabaseError) -------------------------------------

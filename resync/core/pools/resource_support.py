@@ -1,0 +1,146 @@
+"""Small parts of the resource pool: the per-resource record and the callback glue.
+
+Kept apart from :mod:`~resync.core.pools.resource_pool` so the pool module is
+only the state machine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Generic, Literal, TypeAlias, TypeVar, cast
+
+from resync.core.exceptions import PoolConfigError, ResourceBroken
+
+__all__ = [
+    "CLOSE_REASONS",
+    "Entry",
+    "IdleOrder",
+    "check_options",
+    "default_is_broken",
+    "expiry",
+    "maintenance_tick",
+    "resolve",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Which idle resource a checkout takes: the one idle longest ("fifo": use
+#: spreads evenly) or the one returned last ("lifo": a hot set stays in use and
+#: the rest can be reaped by ``idle_timeout``).
+IdleOrder: TypeAlias = Literal["fifo", "lifo"]
+
+#: Why resources are closed; the keys of the pool's ``closed`` counters.
+CLOSE_REASONS = (
+    "broken",
+    "cancelled",
+    "validation",
+    "reset",
+    "lifetime",
+    "idle",
+    "overflow",
+    "drained",
+    "resized",
+    "closed",
+)
+
+
+class Entry(Generic[T]):
+    """One open resource and what the pool knows about it (times are monotonic).
+
+    ``expires`` is already jittered; ``generation`` is compared with the pool's
+    to replace everything opened before a ``drain()``; ``broken`` is set by
+    ``mark_broken`` or a failed ping, and closes the resource on return.
+    """
+
+    __slots__ = ("broken", "created", "expires", "generation", "last_checked", "last_used", "value")
+
+    def __init__(self, value: T, now: float, expires: float, generation: int) -> None:
+        self.value = value
+        self.created = now
+        self.expires = expires
+        self.generation = generation
+        self.last_used = now
+        self.last_checked = now
+        self.broken = False
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.value!r} gen={self.generation}>"
+
+
+async def resolve(value: Awaitable[R] | R) -> R:
+    """Await ``value`` if a callback returned an awaitable (sync or async callbacks)."""
+    if inspect.isawaitable(value):
+        return cast(R, await value)
+    return value
+
+
+def default_is_broken(error: BaseException) -> bool:
+    """A holder's error that means its resource is unusable: ``ResourceBroken``."""
+    return isinstance(error, ResourceBroken)
+
+
+def expiry(now: float, max_lifetime: float) -> float:
+    """When a resource opened at ``now`` expires: ``max_lifetime`` minus up to 5%.
+
+    The jitter keeps resources opened together from all expiring together.
+    """
+    if max_lifetime <= 0:
+        return math.inf
+    return now + max_lifetime * random.uniform(0.95, 1.0)
+
+
+def maintenance_tick(*periods: float) -> float:
+    """How often the maintenance task looks at idle resources.
+
+    A quarter of the shortest positive period (idle timeout, lifetime,
+    validation interval), between 10 ms and 30 s; 30 s when none is set
+    (replacements are still made at once: closing a resource wakes the task).
+    """
+    positive = [p for p in periods if p > 0]
+    if not positive:
+        return 30.0
+    return min(max(min(positive) / 4, 0.01), 30.0)
+
+
+def check_options(
+    name: str,
+    *,
+    overflow: int,
+    order: str,
+    close_timeout: float,
+    create_timeout: float,
+    validate_interval: float,
+    maintenance_interval: float | None,
+    callbacks: dict[str, Callable[..., object] | None],
+) -> None:
+    """Raise ``PoolConfigError`` naming the pool for an option that cannot work."""
+
+    def require(ok: bool, rule: str) -> None:
+        if not ok:
+            raise PoolConfigError(f"{rule} (pool '{name}')", pool_name=name)
+
+    require(
+        isinstance(overflow, int) and not isinstance(overflow, bool) and overflow >= 0,
+        f"overflow must be an integer >= 0, got {overflow!r}",
+    )
+    require(order in ("fifo", "lifo"), f"order must be 'fifo' or 'lifo', got {order!r}")
+    require(close_timeout > 0, f"close_timeout must be > 0, got {close_timeout}")
+    require(
+        create_timeout > 0,
+        f"create_timeout must be > 0, got {create_timeout}",
+    )
+    require(validate_interval >= 0, f"validate_interval must be >= 0, got {validate_interval}")
+    require(
+        maintenance_interval is None or maintenance_interval > 0,
+        f"maintenance_interval must be > 0, got {maintenance_interval}",
+    )
+    for label, callback in callbacks.items():
+        required = label in ("create", "close")
+        require(
+            callable(callback) or (callback is None and not required),
+            f"{label} must be a callable, got {type(callback).__name__}",
+        )
