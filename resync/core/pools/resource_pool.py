@@ -157,6 +157,10 @@ class ResourcePool(ConnectionPool[T]):
         entry.broken = True
         return True
 
+    def resources(self) -> list[T]:
+        """Every open resource now, idle or leased (a snapshot; for inspection)."""
+        return [entry.value for entry in self._entries]
+
     @property
     def size(self) -> int:
         """Resources open now, idle or leased, plus creations in flight."""
