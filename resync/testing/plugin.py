@@ -1,0 +1,328 @@
+"""The resync pytest plugin: fixtures, and tests that cannot leak into each other.
+
+Loaded automatically through the ``pytest11`` entry point ``resync`` (disable
+with ``-p no:resync``, or turn only the guards off with ``resync_isolation =
+false`` in the pytest ini).
+
+Fixtures:
+
+- ``resync_settings``: a :class:`~resync.settings.Settings` built from defaults
+  plus overrides only -- never from the environment or ``.env``. Overrides come
+  from the ``resync_settings_overrides`` fixture (override it in a conftest) and
+  from ``@pytest.mark.resync_settings(NAME=value, ...)`` (closest mark wins).
+- ``resync_manager``: a started :class:`ConnectionPoolManager` on those
+  settings, closed (draining) after the test.
+- ``db_session``, ``redis_client``, ``http_client``: one lease from that
+  manager's "database", "redis" and "tws_http" pool, held for the test. Redis
+  and HTTP need ``REDIS_URL`` / ``TWS_BASE_URL``; without them the fixture fails
+  saying so. ``db_session`` rolls back what the test did not commit.
+
+Guards, around every test:
+
+- the process-wide manager (``get_connection_pool_manager()``) is reset before
+  and after;
+- the test fails (an error at teardown) if it leaves a pool open, a lease not
+  returned, or -- for pytest-asyncio tests -- a task it created still running
+  ``resync_leak_grace`` seconds (default 0.5) after it ended. The message names
+  each leak and the lines that created it; leaked tasks are cancelled and leaked
+  pools closed so the next test starts clean.
+  ``@pytest.mark.resync_allow_leaks`` (or ``("tasks", "leases", "pools")`` for
+  some kinds only) opts a test out. A test that already failed is not also
+  failed for its leaks.
+
+Tasks are watched on the loop the test runs on, whatever its ``loop_scope``.
+Synchronous tests (including ones that call ``asyncio.run`` themselves) get the
+pool and lease checks only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import pytest
+
+from resync.testing.leaks import LeakTracker
+
+if TYPE_CHECKING:
+    import httpx
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from resync.core.pools.pool_manager import ConnectionPoolManager
+    from resync.settings import Settings
+
+# Optional: without pytest-asyncio the guards cover pools and leases only.
+_asyncio_plugin: Any
+try:
+    import pytest_asyncio as _asyncio_plugin
+except ImportError:  # pragma: no cover
+    _asyncio_plugin = None
+
+__all__ = [
+    "db_session",
+    "http_client",
+    "redis_client",
+    "resync_manager",
+    "resync_settings",
+    "resync_settings_overrides",
+]
+
+_KINDS = {"tasks": "task", "leases": "lease", "pools": "pool"}
+_SCOPES = ("function", "class", "module", "package", "session")
+_CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+_MANAGER_MODULE = "resync.core.pools.pool_manager"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "resync_isolation",
+        "resync: fail tests that leak pools, leases or tasks, and reset the pool manager",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
+        "resync_leak_grace",
+        "resync: seconds a finished test's tasks get to end before they count as leaked",
+        default="0.5",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "resync_allow_leaks(*kinds): this test may leave tasks, leases or pools open "
+        "(kinds: 'tasks', 'leases', 'pools'; none = all)",
+    )
+    config.addinivalue_line(
+        "markers", "resync_settings(**overrides): settings for the resync_settings fixture"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_REPORT] = report
+    return report
+
+
+# --- the guards ------------------------------------------------------------------------
+
+
+class _Guard:
+    """One test's isolation: a tracker, the singleton reset and the verdict."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.item = request.node
+        self.tracker = LeakTracker(request.node.nodeid)
+        self.grace = float(request.config.getini("resync_leak_grace"))
+        self.checked = _checked_kinds(request.node)
+
+    def fail_if_leaked(self) -> None:
+        leaks = self.tracker.leaks(self.checked)
+        if not leaks:
+            return
+        report = self.item.stash.get(_CALL_REPORT, None)
+        if report is not None and report.failed:
+            return  # the test's own failure says more; its leaks are cleaned up all the same
+        body = "\n".join(str(leak) for leak in leaks)
+        pytest.fail(
+            f"resync isolation: this test left {len(leaks)} thing(s) open:\n{body}\n"
+            "Close each pool (await pool.close() or 'async with pool'), leave every lease's "
+            "'async with' block, and await or cancel each task before the test ends -- or "
+            "mark the test @pytest.mark.resync_allow_leaks if the leak is intended.",
+            pytrace=False,
+        )
+
+
+def _checked_kinds(item: pytest.Item) -> frozenset[str]:
+    kinds = {"task", "lease", "pool"}
+    for mark in item.iter_markers("resync_allow_leaks"):
+        unknown = [k for k in mark.args if k not in _KINDS]
+        if unknown:
+            raise pytest.UsageError(
+                f"{item.nodeid}: resync_allow_leaks takes 'tasks', 'leases' or 'pools', "
+                f"got {', '.join(map(repr, unknown))}"
+            )
+        kinds -= {_KINDS[k] for k in mark.args} if mark.args else set(kinds)
+    return frozenset(kinds)
+
+
+async def _reset_manager() -> None:
+    if _MANAGER_MODULE not in sys.modules:
+        return
+    from resync.core.pools import pool_manager
+
+    if pool_manager._manager_instance is not None:
+        await pool_manager.reset_connection_pool_manager()
+
+
+def _reset_manager_sync() -> None:
+    if _MANAGER_MODULE not in sys.modules:
+        return  # never imported: there is no manager to reset
+    from resync.core.pools import pool_manager
+
+    if pool_manager._manager_instance is None:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(pool_manager.reset_connection_pool_manager())
+    else:  # a loop runs in this thread (pytest inside an async test): just forget it
+        pool_manager._manager_instance = None
+
+
+def _loop_scope(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("asyncio")
+    scope = None
+    if marker is not None:
+        scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    return str(scope or item.config.getini("asyncio_default_test_loop_scope") or "function")
+
+
+@pytest.fixture(autouse=True)
+def _resync_isolation(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not request.config.getini("resync_isolation"):
+        yield
+        return
+    if _asyncio_plugin is not None and _asyncio_plugin.is_async_test(request.node):
+        # Runs on the test's own loop; set up now, so torn down after the test's fixtures.
+        request.getfixturevalue(f"_resync_loop_guard_{_loop_scope(request.node)}")
+        yield
+        return
+    guard = _Guard(request)
+    _reset_manager_sync()
+    guard.tracker.start()
+    try:
+        yield
+        _reset_manager_sync()
+    finally:
+        guard.tracker.stop()
+    guard.fail_if_leaked()
+
+
+async def _loop_guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    guard = _Guard(request)
+    tracker = guard.tracker
+    await _reset_manager()
+    tracker.start()
+    tracker.watch_loop()
+    try:
+        yield
+        await _reset_manager()
+        await tracker.settle(guard.grace)
+        try:
+            guard.fail_if_leaked()
+        finally:
+            if guard.checked:
+                await tracker.clean_up()
+    finally:
+        tracker.stop()
+
+
+def _scoped_loop_guard(scope: str) -> Any:
+    # One function per loop scope: pytest-asyncio keeps the loop scope on the function.
+    async def guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+        async for _ in _loop_guard(request):
+            yield
+
+    return _asyncio_plugin.fixture(guard, loop_scope=scope, name=f"_resync_loop_guard_{scope}")
+
+
+if _asyncio_plugin is not None:
+    for _scope in _SCOPES:
+        globals()[f"_resync_loop_guard_{_scope}"] = _scoped_loop_guard(_scope)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _async_fixture(function: _F) -> _F:
+    if _asyncio_plugin is not None:
+        return cast(_F, _asyncio_plugin.fixture(function))
+    return cast(_F, pytest.fixture(function))  # pragma: no cover
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def resync_settings_overrides() -> dict[str, Any]:
+    """Setting overrides for ``resync_settings``; override this fixture to set your own."""
+    return {}
+
+
+@pytest.fixture
+def resync_settings(
+    request: pytest.FixtureRequest, resync_settings_overrides: dict[str, Any]
+) -> Settings:
+    """Settings from defaults and overrides only (no environment, no ``.env``)."""
+    from resync.settings import Settings
+
+    values = dict(resync_settings_overrides)
+    for mark in reversed(list(request.node.iter_markers("resync_settings"))):
+        values.update(mark.kwargs)
+    fields = {name.upper(): name for name in Settings.model_fields}
+    unknown = sorted(k for k in values if k.upper() not in fields)
+    if unknown:
+        pytest.fail(f"unknown resync setting(s): {', '.join(unknown)}", pytrace=False)
+    chosen = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in Settings.model_fields.items()
+    }
+    chosen.update({fields[k.upper()]: v for k, v in values.items()})
+    # Every field passed explicitly: the environment cannot override any of them.
+    return Settings(_env_file=None, **chosen)
+
+
+@_async_fixture
+async def resync_manager(resync_settings: Settings) -> AsyncIterator[ConnectionPoolManager]:
+    """A started pool manager on ``resync_settings``; closed (draining) after the test."""
+    from resync.core.pools.pool_manager import ConnectionPoolManager
+
+    manager = ConnectionPoolManager(resync_settings, check_budget_on_start=False)
+    await manager.initialize()
+    try:
+        yield manager
+    finally:
+        await manager.close_all()
+
+
+def _pool_of(manager: ConnectionPoolManager, name: str, fixture: str, setting: str) -> Any:
+    pool = manager.pools.get(name)
+    if pool is None:
+        pytest.fail(
+            f"the {fixture} fixture needs the '{name}' pool, which these settings do not "
+            f"enable: set {setting}, e.g. @pytest.mark.resync_settings({setting}=...)",
+            pytrace=False,
+        )
+    return pool
+
+
+@_async_fixture
+async def db_session(resync_manager: ConnectionPoolManager) -> AsyncIterator[AsyncSession]:
+    """A session leased from the "database" pool; what the test did not commit is rolled back."""
+    pool = _pool_of(resync_manager, "database", "db_session", "DATABASE_URL")
+    async with pool.get_connection() as session:
+        yield session
+        await session.rollback()
+
+
+@_async_fixture
+async def redis_client(resync_manager: ConnectionPoolManager) -> AsyncIterator[Redis]:
+    """A Redis client leased from the "redis" pool (needs REDIS_URL)."""
+    pool = _pool_of(resync_manager, "redis", "redis_client", "REDIS_URL")
+    async with pool.get_connection() as client:
+        yield client
+
+
+@_async_fixture
+async def http_client(resync_manager: ConnectionPoolManager) -> AsyncIterator[httpx.AsyncClient]:
+    """The upstream HTTP client leased from the "tws_http" pool (needs TWS_BASE_URL)."""
+    pool = _pool_of(resync_manager, "tws_http", "http_client", "TWS_BASE_URL")
+    async with pool.get_connection() as client:
+        yield client
