@@ -609,6 +609,7 @@ async def test_random_cancellations_never_leak_a_connection(
     gc.collect()
 
 
+@pytest.mark.resync_allow_leaks("pools")  # leaves its pool open on purpose
 def test_pool_never_closed_is_cleaned_up_when_its_loop_shuts_down(pg_url: str) -> None:
     async def open_and_forget() -> str:
         config = ConnectionPoolConfig(pool_name="forgotten", min_size=2, max_size=3)

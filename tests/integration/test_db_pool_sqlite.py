@@ -493,6 +493,7 @@ async def test_pre_ping_replaces_a_connection_that_died_while_idle(
     assert pool.stats.connection_errors == 0
 
 
+@pytest.mark.resync_allow_leaks("pools")  # leaves its pool open on purpose
 def test_memory_pool_never_closed_is_cleaned_up_when_its_loop_shuts_down() -> None:
     async def open_and_forget() -> None:
         config = ConnectionPoolConfig(pool_name="test", min_size=1, max_size=1)
