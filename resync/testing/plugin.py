@@ -215,7 +215,8 @@ async def _loop_guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     try:
         yield
         await _reset_manager()
-        await tracker.settle(guard.grace)
+        if "task" in guard.checked:
+            await tracker.settle(guard.grace)
         try:
             guard.fail_if_leaked()
         finally:
