@@ -27,8 +27,8 @@ Guards, around every test:
   each leak and the lines that created it; leaked tasks are cancelled and leaked
   pools closed so the next test starts clean.
   ``@pytest.mark.resync_allow_leaks`` (or ``("tasks", "leases", "pools")`` for
-  some kinds only) opts a test out. A test that already failed is not also
-  failed for its leaks.
+  some kinds only) opts a test out. A test that already failed (in setup or
+  call) is not also failed for its leaks.
 
 Tasks are watched on the loop the test runs on, whatever its ``loop_scope``.
 Synchronous tests (including ones that call ``asyncio.run`` themselves) get the
@@ -72,7 +72,7 @@ __all__ = [
 
 _KINDS = {"tasks": "task", "leases": "lease", "pools": "pool"}
 _SCOPES = ("function", "class", "module", "package", "session")
-_CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+_FAILED = pytest.StashKey[bool]()
 _MANAGER_MODULE = "resync.core.pools.pool_manager"
 
 
@@ -106,8 +106,8 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.when == "call":
-        item.stash[_CALL_REPORT] = report
+    if report.failed and report.when in ("setup", "call"):
+        item.stash[_FAILED] = True
     return report
 
 
@@ -127,8 +127,7 @@ class _Guard:
         leaks = self.tracker.leaks(self.checked)
         if not leaks:
             return
-        report = self.item.stash.get(_CALL_REPORT, None)
-        if report is not None and report.failed:
+        if self.item.stash.get(_FAILED, False):
             return  # the test's own failure says more; its leaks are cleaned up all the same
         body = "\n".join(str(leak) for leak in leaks)
         pytest.fail(

@@ -211,7 +211,9 @@ async def test_may_leak_tasks_only():
     result.stdout.fnmatch_lines(["*left 1 thing(s) open:", "*unclosed pool 'still-checked'*"])
 
 
-def test_a_test_that_failed_is_not_also_failed_for_its_leaks(project: pytest.Pytester) -> None:
+def test_a_test_that_failed_or_errored_is_not_also_failed_for_its_leaks(
+    project: pytest.Pytester,
+) -> None:
     result = run(
         project,
         """
@@ -219,9 +221,17 @@ async def test_fails_while_holding_things():
     pool = make_pool()
     await pool.initialize()
     assert False, "the real failure"
+
+@pytest.fixture
+async def half_made():
+    await make_pool().initialize()
+    raise RuntimeError("the fixture broke")
+
+async def test_with_a_broken_fixture(half_made):
+    pass
 """,
     )
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=1, errors=1)
     assert "resync isolation" not in result.stdout.str()
 
 
