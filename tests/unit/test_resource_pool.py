@@ -460,8 +460,15 @@ async def test_lifetimes_are_jittered(factory: Factory) -> None:
         assert all(95.0 <= span <= 100.0 for span in lifetimes)
 
 
-async def test_idle_resources_are_validated_in_the_background(factory: Factory) -> None:
-    async with make_pool(factory, min_size=2, validate_interval=0.05) as pool:
+@pytest.mark.parametrize(
+    "timing",
+    [{"validate_interval": 0.05}, {"health_check_interval": 0.05}],
+    ids=["validate_interval", "defaults_to_health_check_interval"],
+)
+async def test_idle_resources_are_validated_in_the_background(
+    factory: Factory, timing: dict[str, float]
+) -> None:
+    async with make_pool(factory, min_size=2, **timing) as pool:
         sick = factory.made[0]
         sick.valid = False
         await eventually(lambda: sick.closed)

@@ -143,10 +143,12 @@ async def run_maintenance(pool: ResourcePool[Any]) -> None:
     """Background task: expire, reap, validate and refill until cancelled by close()."""
     wakeup = pool._wakeup
     assert wakeup is not None
-    cfg = pool.config
     while True:
+        cfg = pool.config  # re-read: resize() replaces it
         tick = pool._maintenance_interval or maintenance_tick(
-            cfg.idle_timeout, cfg.max_lifetime, pool._validate_interval
+            cfg.idle_timeout,
+            cfg.max_lifetime,
+            pool._validate_interval if pool._validate is not None else 0.0,
         )
         try:
             async with asyncio.timeout(tick):

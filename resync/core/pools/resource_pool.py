@@ -4,7 +4,8 @@
 for anything without a driver pool. Callbacks may be sync (run on the loop:
 keep them quick) or async: ``create() -> T``, ``close(T)``, optional
 ``validate(T) -> bool`` (before each checkout, on idle resources every
-``validate_interval`` s, and as the health round trip) and ``reset(T)`` on return.
+``validate_interval`` s -- default ``health_check_interval``, 0 = never -- and
+as the health round trip) and ``reset(T)`` on return.
 
 Sizes: ``initialize()`` opens ``min_size`` resources, each retried with
 exponential backoff and full jitter (``create_retry``); if one still fails, the
@@ -92,7 +93,7 @@ class ResourcePool(ConnectionPool[T]):
         order: IdleOrder = "fifo",
         is_broken: Callable[[BaseException], bool] = default_is_broken,
         reuse_after_cancel: bool = False,
-        validate_interval: float = 0.0,
+        validate_interval: float | None = None,
         create_retry: RetryPolicy = DEFAULT_CREATE_RETRY,
         create_timeout: float = 30.0,
         close_timeout: float = 10.0,
@@ -120,7 +121,9 @@ class ResourcePool(ConnectionPool[T]):
         self._reset = reset
         self._is_broken = is_broken
         self._reuse_after_cancel = reuse_after_cancel
-        self._validate_interval = validate_interval
+        self._validate_interval = (
+            config.health_check_interval if validate_interval is None else validate_interval
+        )
         self._retry = create_retry
         self._create_timeout = create_timeout
         self._close_timeout = close_timeout

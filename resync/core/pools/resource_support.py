@@ -113,7 +113,7 @@ def check_options(
     order: str,
     close_timeout: float,
     create_timeout: float,
-    validate_interval: float,
+    validate_interval: float | None,
     maintenance_interval: float | None,
     callbacks: dict[str, Callable[..., object] | None],
 ) -> None:
@@ -133,7 +133,10 @@ def check_options(
         create_timeout > 0,
         f"create_timeout must be > 0, got {create_timeout}",
     )
-    require(validate_interval >= 0, f"validate_interval must be >= 0, got {validate_interval}")
+    require(
+        validate_interval is None or validate_interval >= 0,
+        f"validate_interval must be >= 0 (0 = never), got {validate_interval}",
+    )
     require(
         maintenance_interval is None or maintenance_interval > 0,
         f"maintenance_interval must be > 0, got {maintenance_interval}",
