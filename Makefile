@@ -37,8 +37,8 @@ services:
 	@PYTHON=$(PYTHON) scripts/ensure-services.sh all
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check resync tests benchmarks
-	$(BIN)/ruff format --check resync tests benchmarks
+	$(BIN)/ruff check resync tests examples benchmarks
+	$(BIN)/ruff format --check resync tests examples benchmarks
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
