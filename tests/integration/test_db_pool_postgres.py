@@ -68,10 +68,14 @@ async def make_pool(pg_url: str) -> AsyncIterator[MakePool]:
     pools: list[DatabaseConnectionPool] = []
 
     async def make(
-        url: str | None = None, *, initialize: bool = True, **kwargs: Any
+        url: object = None, *, initialize: bool = True, **kwargs: Any
     ) -> DatabaseConnectionPool:
-        values: dict[str, Any] = {"pool_name": "pg", "min_size": 1, "max_size": 5}
-        values["connection_timeout"] = 5.0
+        values: dict[str, Any] = {
+            "pool_name": "pg",
+            "min_size": 1,
+            "max_size": 5,
+            "connection_timeout": 5.0,
+        }
         values.update({k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS})
         options = {k: v for k, v in kwargs.items() if k not in _CONFIG_FIELDS}
         config = ConnectionPoolConfig(**values)
@@ -177,7 +181,7 @@ async def test_url_may_be_a_secret_str_or_a_sync_driver_url(
     make_pool: MakePool, pg_url: str
 ) -> None:
     for url in (SecretStr(pg_url), pg_url.replace("postgresql+asyncpg", "postgresql")):
-        pool = await make_pool(url)  # type: ignore[arg-type]
+        pool = await make_pool(url)
         async with pool.get_connection() as session:
             assert await scalar(session, "SELECT 1") == 1
 

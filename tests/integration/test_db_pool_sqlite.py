@@ -40,8 +40,12 @@ async def make_pool() -> AsyncIterator[MakePool]:
     async def make(
         url: str = MEMORY, *, initialize: bool = True, **kwargs: Any
     ) -> DatabaseConnectionPool:
-        config_values = {"pool_name": "sqlite", "min_size": 1, "max_size": 5}
-        config_values["connection_timeout"] = 5.0
+        config_values: dict[str, Any] = {
+            "pool_name": "sqlite",
+            "min_size": 1,
+            "max_size": 5,
+            "connection_timeout": 5.0,
+        }
         config_values.update({k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS})
         options = {k: v for k, v in kwargs.items() if k not in _CONFIG_FIELDS}
         pool = DatabaseConnectionPool(ConnectionPoolConfig(**config_values), url, **options)
