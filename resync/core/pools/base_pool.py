@@ -25,27 +25,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from time import perf_counter
 from typing import Any, ClassVar, Generic, TypeVar
 
 from resync.core.exceptions import (
     GENERIC_ERRORS,
-    BackendUnavailableError,
     ErrorFamily,
-    PoolClosedError,
     PoolConfigError,
     PoolError,
-    PoolNotInitializedError,
-    PoolOverloadedError,
-    PoolTimeoutError,
     ResyncError,
 )
 from resync.core.metrics import Histogram
 from resync.core.pools.admission import AdmissionGate
 from resync.core.pools.config import ConnectionPoolConfig
 from resync.core.pools.lease import Lease
+from resync.core.pools.pool_errors import PoolErrorMessages
+from resync.core.pools.pool_health import HealthResult, PoolHealthChecks
 from resync.core.pools.state import PoolState
 from resync.core.pools.stats import MAX_WAIT_TIMES, ConnectionPoolStats, WaitTimeWindow
 from resync.core.redact import scrub
@@ -65,17 +59,7 @@ logger = logging.getLogger("resync.pool")
 ConnectionType = TypeVar("ConnectionType")
 
 
-@dataclass(frozen=True, slots=True)
-class HealthResult:
-    """Outcome of one health round trip: ``latency`` in seconds, ``error`` scrubbed."""
-
-    healthy: bool
-    latency: float
-    error: str | None = None
-    checked_at: datetime | None = None
-
-
-class ConnectionPool(ABC, Generic[ConnectionType]):
+class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[ConnectionType]):
     """Base of every resync pool; see the module docstring for the lifecycle.
 
     Subclasses implement ``_setup_pool`` and ``_close_pool`` (abstract) and, to
@@ -385,41 +369,6 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
         )
         return data
 
-    # --- health ----------------------------------------------------------------
-
-    async def check_health(self) -> HealthResult:
-        """One real round trip under ``connection_timeout``; never raises.
-
-        Records ``stats.last_health_check``. A pool that is not ready is
-        reported unhealthy without any I/O. Cancellation propagates.
-        """
-        if self._state is not PoolState.READY:
-            return HealthResult(False, 0.0, f"pool is {self._state.value}")
-        start = perf_counter()
-        error: str | None = None
-        try:
-            async with asyncio.timeout(self.config.connection_timeout):
-                await self._health_probe()
-        except TimeoutError:
-            error = f"no answer within {self.config.connection_timeout:g}s"
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {self._scrub(exc)}"
-        now = datetime.now(UTC)
-        self.stats.last_health_check = now
-        return HealthResult(error is None, perf_counter() - start, error, now)
-
-    async def health_check(self) -> bool:
-        """True if a real round trip succeeded within ``connection_timeout``.
-
-        Never raises (cancellation excepted); records ``last_health_check``.
-        """
-        return (await self.check_health()).healthy
-
-    async def _health_probe(self) -> None:
-        """Lease a connection and ``_ping`` it; backends may probe differently."""
-        async with self.get_connection() as conn:
-            await self._ping(conn)
-
     # --- hooks --------------------------------------------------------------------
 
     async def on_connection_acquired(self, connection: ConnectionType) -> None:
@@ -493,47 +442,3 @@ class ConnectionPool(ABC, Generic[ConnectionType]):
 
     def _scrub(self, error: object) -> str:
         return scrub(str(error), self._secrets())
-
-    # --- errors ---------------------------------------------------------------------
-
-    def _timeout_error(self, waited: float, cause: BaseException | None = None) -> PoolTimeoutError:
-        gate = self._gate
-        detail = f" ({self._scrub(cause)})" if cause is not None and str(cause) else ""
-        return self.errors.timeout(
-            f"Timeout acquiring connection from pool '{self.name}' after "
-            f"{self.config.connection_timeout:g}s (waited {waited:.3f}s; "
-            f"{self.stats.active_connections} active of max {gate.capacity}, "
-            f"{gate.waiting} waiting){detail}. Raise max_size or connection_timeout, "
-            "or hold connections for less time",
-            pool_name=self.name,
-        )
-
-    def _closed_error(self) -> PoolClosedError:
-        return self.errors.closed(
-            f"Pool '{self.name}' is shutdown and accepts no new leases; "
-            "create and initialize a new pool",
-            pool_name=self.name,
-        )
-
-    def _not_initialized_error(self) -> PoolNotInitializedError:
-        return self.errors.not_initialized(
-            f"Pool '{self.name}' not initialized: call 'await pool.initialize()' "
-            "(or use 'async with pool') before leasing",
-            pool_name=self.name,
-        )
-
-    def _overloaded_error(self) -> PoolOverloadedError:
-        return self.errors.overloaded(
-            f"Pool '{self.name}' overloaded: {self._gate.waiting} callers already waiting "
-            f"(max_waiting={self.config.max_waiting}); retry later or raise max_waiting/max_size",
-            pool_name=self.name,
-        )
-
-    def _unavailable_error(self) -> BackendUnavailableError:
-        breaker = self.circuit_breaker
-        retry = breaker.retry_after() if breaker is not None else 0.0
-        return self.errors.unavailable(
-            f"Pool '{self.name}' backend unavailable: circuit breaker is open after repeated "
-            f"failures; failing fast, next probe in {retry:.1f}s",
-            pool_name=self.name,
-        )

@@ -1,0 +1,79 @@
+"""The health round trip every pool shares (a mixin of ``ConnectionPool``).
+
+``check_health()`` leases a connection through the normal admission path and
+runs the backend's ``_ping`` on it (``SELECT 1``, ``PING``, a request), all
+under ``connection_timeout``. It never raises: a failure or a timeout comes
+back as an unhealthy :class:`HealthResult` with a scrubbed error string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from resync.core.pools.state import PoolState
+
+if TYPE_CHECKING:
+    from resync.core.pools.config import ConnectionPoolConfig
+    from resync.core.pools.stats import ConnectionPoolStats
+
+__all__ = ["HealthResult", "PoolHealthChecks"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    """Outcome of one health round trip: ``latency`` in seconds, ``error`` scrubbed."""
+
+    healthy: bool
+    latency: float
+    error: str | None = None
+    checked_at: datetime | None = None
+
+
+class PoolHealthChecks:
+    """Health methods of :class:`~resync.core.pools.base_pool.ConnectionPool`."""
+
+    if TYPE_CHECKING:
+        _state: PoolState
+        config: ConnectionPoolConfig
+        stats: ConnectionPoolStats
+
+        def get_connection(self) -> Any: ...
+        async def _ping(self, connection: Any) -> None: ...
+        def _scrub(self, error: object) -> str: ...
+
+    async def check_health(self) -> HealthResult:
+        """One real round trip under ``connection_timeout``; never raises.
+
+        Records ``stats.last_health_check``. A pool that is not ready is
+        reported unhealthy without any I/O. Cancellation propagates.
+        """
+        if self._state is not PoolState.READY:
+            return HealthResult(False, 0.0, f"pool is {self._state.value}")
+        start = perf_counter()
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                await self._health_probe()
+        except TimeoutError:
+            error = f"no answer within {self.config.connection_timeout:g}s"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {self._scrub(exc)}"
+        now = datetime.now(UTC)
+        self.stats.last_health_check = now
+        return HealthResult(error is None, perf_counter() - start, error, now)
+
+    async def health_check(self) -> bool:
+        """True if a real round trip succeeded within ``connection_timeout``.
+
+        Never raises (cancellation excepted); records ``last_health_check``.
+        """
+        return (await self.check_health()).healthy
+
+    async def _health_probe(self) -> None:
+        """Lease a connection and ``_ping`` it; backends may probe differently."""
+        async with self.get_connection() as conn:
+            await self._ping(conn)
