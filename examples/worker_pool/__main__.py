@@ -29,15 +29,16 @@ async def main() -> int:
         except WorkerDied as exc:
             print(f"the caller got {type(exc).__name__}: {exc}")
         assert victim is not None
-        print(
-            f"worker {victim.pid} was reaped by the pool (exit status {victim.process.returncode})"
-        )
+        status = victim.process.returncode
+        print(f"worker {victim.pid} was reaped by the pool (exit status {status})")
 
-        async with pool.get_connection() as worker:
-            pid = await worker.request("pid")
-            print(
-                f"next checkout: worker {pid} answered (a different process: {pid != victim.pid})"
-            )
+        # Both workers at once: the second is the one started to replace the dead one.
+        async with pool.get_connection() as one, pool.get_connection() as two:
+            pids = await asyncio.gather(one.request("pid"), two.request("pid"))
+        replaced = victim.pid not in pids
+        print(
+            f"next two checkouts: workers {pids[0]} and {pids[1]} answered (replaced: {replaced})"
+        )
         stats = pool.get_stats_snapshot()
         print(
             f"stats: {stats['connection_creations']} created, {stats['connection_closures']} "
@@ -45,7 +46,7 @@ async def main() -> int:
         )
         workers = pool.resources()
     print(f"pool closed; workers left running: {sum(w.alive for w in workers)}")
-    return 0 if pid != victim.pid and not any(w.alive for w in workers) else 1
+    return 0 if replaced and not any(w.alive for w in workers) else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,5 +152,7 @@ class Worker:
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:
+    # Not process.kill(): Popen polls first and may reap the child itself, and
+    # asyncio's child watcher then reports exit status 255 instead of the real one.
     with contextlib.suppress(ProcessLookupError):  # it exited in the meantime
-        process.kill()
+        os.kill(process.pid, signal.SIGKILL)

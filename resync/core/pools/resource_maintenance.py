@@ -58,20 +58,14 @@ async def open_entry(pool: ResourcePool[T], *, retry: bool) -> Entry[T]:
 
     Each attempt is bounded by ``create_timeout`` (default 30 s), not by the
     lease that may be waiting for it: a creation outlives an impatient caller.
+    The caller counts it in ``pool._opening`` (``ResourcePool._spawn_open`` does).
     """
-    pool._opening += 1
-    try:
-        if retry:
-            value = await pool._retry.call(
-                partial(_create_once, pool), retry_if=_always, on_retry=partial(_log_retry, pool)
-            )
-        else:
-            value = await _create_once(pool)
-    except Exception:
-        pool.create_failures += 1
-        raise
-    finally:
-        pool._opening -= 1
+    if retry:
+        value = await pool._retry.call(
+            partial(_create_once, pool), retry_if=_always, on_retry=partial(_log_retry, pool)
+        )
+    else:
+        value = await _create_once(pool)
     now = monotonic()
     entry = Entry(value, now, expiry(now, pool.config.max_lifetime), pool._generation)
     pool._entries.add(entry)
@@ -118,17 +112,8 @@ async def open_initial(pool: ResourcePool[Any]) -> None:
     resources already made stay registered for the base pool's cleanup to close.
     """
     wanted = pool.config.min_size
-    results = await asyncio.gather(
-        *(open_entry(pool, retry=True) for _ in range(wanted)), return_exceptions=True
-    )
-    failures: list[BaseException] = []
-    for result in results:
-        if isinstance(result, Entry):
-            pool._idle.append(result)
-        elif not isinstance(result, Exception):
-            raise result
-        else:
-            failures.append(result)
+    results = await asyncio.gather(*(pool._spawn_open(retry=True) for _ in range(wanted)))
+    failures = [error for error in results if error is not None]
     if failures:
         first = failures[0]
         raise pool.errors.setup(
@@ -180,7 +165,7 @@ async def maintain_once(pool: ResourcePool[Any]) -> None:
     trim_surplus(pool, "overflow")
     if pool._validate is not None and pool._validate_interval > 0:
         await _validate_idle(pool, now)
-    await refill(pool)
+    refill(pool)
 
 
 def trim_surplus(pool: ResourcePool[Any], reason: str) -> None:
@@ -204,26 +189,29 @@ async def _validate_idle(pool: ResourcePool[Any], now: float) -> None:
             pool._discard(entry, verdict)
 
 
-async def refill(pool: ResourcePool[Any]) -> None:
+def refill(pool: ResourcePool[Any]) -> None:
+    """Start creations up to ``min_size`` (with backoff); each is delivered when made.
+
+    A creation that still fails is logged (or handed to a caller waiting for a
+    resource); the next pass tries again.
+    """
     missing = pool.config.min_size - pool.size
     if missing <= 0 or pool._stopping or pool._shutdown:
         return
-    results = await asyncio.gather(
-        *(open_entry(pool, retry=True) for _ in range(missing)), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, Entry):
-            pool._keep_idle(result)
-        elif not isinstance(result, Exception):
-            raise result
-        else:
-            logger.warning(
-                "pool '%s': could not replace a resource up to min_size=%d: %s: %s",
-                pool.name,
-                pool.config.min_size,
-                type(result).__name__,
-                pool._scrub(result),
-            )
+    for _ in range(missing):
+        pool._spawn_open(retry=True).add_done_callback(partial(_log_refill, pool))
+
+
+def _log_refill(pool: ResourcePool[Any], task: asyncio.Task[Exception | None]) -> None:
+    error = None if task.cancelled() else task.result()
+    if error is not None:
+        logger.warning(
+            "pool '%s': could not replace a resource up to min_size=%d: %s: %s",
+            pool.name,
+            pool.config.min_size,
+            type(error).__name__,
+            pool._scrub(error),
+        )
 
 
 async def replace_all(pool: ResourcePool[Any], interval: float | None) -> int:
@@ -236,7 +224,7 @@ async def replace_all(pool: ResourcePool[Any], interval: float | None) -> int:
         if entry in pool._idle:
             pool._idle.remove(entry)
             pool._discard(entry, "drained", replace=False)
-            pool._keep_idle(await open_entry(pool, retry=True))
+            await asyncio.shield(pool._spawn_open(retry=True))
         if pause:
             await asyncio.sleep(pause)
     return marked

@@ -42,6 +42,7 @@ by an abandoned lease -- each bounded by ``close_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -138,7 +139,8 @@ class ResourcePool(ConnectionPool[T]):
         self._opening = 0
         self._generation = 0
         self._stopping = False
-        self._creating: set[asyncio.Task[Entry[T]]] = set()
+        self._creating: set[asyncio.Task[Exception | None]] = set()
+        self._waiters: deque[asyncio.Future[Entry[T]]] = deque()
         self._closing: set[asyncio.Task[None]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
@@ -169,6 +171,10 @@ class ResourcePool(ConnectionPool[T]):
         """Resources open now, idle or leased, plus creations in flight."""
         return len(self._entries) + self._opening
 
+    @property
+    def _live_waiters(self) -> int:
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     # --- lifecycle hooks ------------------------------------------------------------
 
     async def _setup_pool(self) -> None:
@@ -189,6 +195,10 @@ class ResourcePool(ConnectionPool[T]):
             waiting.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        while self._waiters:  # leases still checking out after the drain deadline
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(self._closed_error())
         # Idle, still held by an abandoned lease, or made by a creation that won
         # the race with its cancellation: every open resource is closed now.
         self._idle.clear()
@@ -213,14 +223,22 @@ class ResourcePool(ConnectionPool[T]):
             if reason is None:
                 return self._lend(entry)
             self._discard(entry, reason)
-        task = self._spawn_open()
+        # Nothing idle: wait for the next resource made (or returned), asking for
+        # a creation unless enough are already on their way for the callers waiting.
+        waiter: asyncio.Future[Entry[T]] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._opening < self._live_waiters:
+            self._spawn_open(retry=False)
         try:
             async with asyncio.timeout(max(deadline - monotonic(), 0.0)):
-                entry = await asyncio.shield(task)
+                entry = await waiter
         except BaseException:
-            if not task.done() or not (task.cancelled() or task.exception() is not None):
-                # This caller gave up, the creation goes on: keep what it makes.
-                task.add_done_callback(self._adopt)
+            if waiter.done() and not waiter.cancelled():
+                if waiter.exception() is None:  # handed over just as this caller gave up
+                    self._keep_idle(waiter.result())
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
         return self._lend(entry)
 
@@ -248,7 +266,7 @@ class ResourcePool(ConnectionPool[T]):
         if reason is None:  # re-read: the pool may have started closing during reset
             reason = self._stale(entry, monotonic()) or self._surplus_reason()
         if reason is None:
-            self._idle.append(entry)
+            self._deliver(entry)
             return
         await asyncio.shield(self._discard(entry, reason))
 
@@ -296,7 +314,7 @@ class ResourcePool(ConnectionPool[T]):
 
     def _surplus_reason(self) -> str | None:
         # Overflow: more than max_size open. Kept only for a caller already queued.
-        if self.size > self.config.max_size and not self._gate.waiting:
+        if self.size > self.config.max_size and not (self._gate.waiting or self._live_waiters):
             return "overflow"
         return None
 
@@ -330,26 +348,49 @@ class ResourcePool(ConnectionPool[T]):
 
     # --- opening and closing resources -------------------------------------------------
 
-    def _spawn_open(self) -> asyncio.Task[Entry[T]]:
-        task = asyncio.create_task(open_entry(self, retry=False), name=f"resync-{self.name}-create")
+    def _spawn_open(self, *, retry: bool) -> asyncio.Task[Exception | None]:
+        """Start one creation, counted in ``size`` at once; its resource is delivered."""
+        self._opening += 1
+        task = asyncio.create_task(self._open_and_deliver(retry), name=f"resync-{self.name}-create")
         self._creating.add(task)
         task.add_done_callback(self._creating.discard)
         return task
 
-    def _adopt(self, task: asyncio.Task[Entry[T]]) -> None:
-        """A creation whose caller gave up finished: keep its resource if it succeeded."""
-        if task.cancelled() or task.exception() is not None:
-            return
-        entry = task.result()
-        if entry in self._entries:
-            self._keep_idle(entry)
+    async def _open_and_deliver(self, retry: bool) -> Exception | None:
+        """Create one resource and deliver it; return the creation's error, if any.
+
+        The error is also handed to the oldest caller waiting for a resource.
+        """
+        try:
+            entry = await open_entry(self, retry=retry)
+        except Exception as exc:
+            self.create_failures += 1
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(exc)
+                    break
+            return exc
+        finally:
+            self._opening -= 1
+        self._keep_idle(entry)
+        return None
 
     def _keep_idle(self, entry: Entry[T]) -> None:
         reason = self._stale(entry, monotonic()) or self._surplus_reason()
         if reason is None:
-            self._idle.append(entry)
+            self._deliver(entry)
         else:
             self._discard(entry, reason)
+
+    def _deliver(self, entry: Entry[T]) -> None:
+        """To the oldest caller waiting for a resource (not validated again), else idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(entry)
+                return
+        self._idle.append(entry)
 
     def _discard(self, entry: Entry[T], reason: str, *, replace: bool = True) -> asyncio.Task[None]:
         """Forget ``entry`` now and close it in its own task (never interrupted).
