@@ -287,6 +287,18 @@ async def test_a_broken_resource_is_replaced_up_to_min_size(factory: Factory) ->
         assert pool.get_stats_snapshot()["connection_closures"] == 1
 
 
+async def test_a_checkout_racing_the_refill_waits_for_it_instead_of_creating_another(
+    factory: Factory,
+) -> None:
+    async with make_pool(factory, min_size=1, max_size=1) as pool:
+        with pytest.raises(ResourceBroken):
+            async with pool.get_connection():
+                raise ResourceBroken("x")
+        async with pool.get_connection() as thing:
+            assert thing is factory.made[-1]
+        assert len(factory.made) == 2 and pool.stats.connection_closures == 1
+
+
 async def test_a_holder_cancelled_mid_use_has_its_resource_closed(
     pool: ResourcePool[Thing], factory: Factory
 ) -> None:

@@ -16,9 +16,11 @@ is closed -- unless a caller is already queued, who gets it instead.
 
 Checkout takes an idle resource ("fifo": idle longest; "lifo": returned last),
 closing any that expired (``max_lifetime``, jittered -5%), were drained or fail
-``validate``, else creates one. It is bounded by ``connection_timeout``; a
-creation outliving its caller (timeout, cancellation) still finishes -- each
-attempt is bounded by ``create_timeout`` instead -- and its resource goes idle.
+``validate``. Else it waits for the next resource made or returned (handed over
+without another validation), starting a creation unless enough are on their
+way; a creation's error goes to the oldest waiting caller. The whole checkout
+is bounded by ``connection_timeout``; a creation outliving its caller still
+finishes (each attempt bounded by ``create_timeout``) and serves the next.
 
 Return: the resource is closed, never handed out again, when the holder raised a
 *broken* error (``is_broken``, default :class:`~resync.core.exceptions.ResourceBroken`),
