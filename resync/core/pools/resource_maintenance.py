@@ -1,4 +1,4 @@
-"""The resource pool's background work, bulk operations, and opening/closing one resource.
+"""The resource pool's background work, bulk operations, and single-resource chores.
 
 Functions over a :class:`~resync.core.pools.resource_pool.ResourcePool`'s
 private state, kept apart so the pool module stays the checkout/return state
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from resync.core.pools.resource_pool import ResourcePool
 
 __all__ = [
+    "check_entry",
     "close_entry",
+    "close_everything",
     "maintain_once",
     "open_entry",
     "open_initial",
@@ -103,6 +105,60 @@ async def close_entry(pool: ResourcePool[T], entry: Entry[T]) -> None:
         )
     finally:
         pool.stats.connection_closures += 1
+
+
+async def check_entry(pool: ResourcePool[T], entry: Entry[T], budget: float) -> str | None:
+    """Run ``validate`` on an entry nobody else can see; None if it passed.
+
+    If ``budget`` runs out first the resource is closed (a probe may be
+    half done) and ``TimeoutError`` raised; so it is if the caller is cancelled.
+    """
+    validate = pool._validate
+    assert validate is not None
+    deadline = asyncio.timeout(budget)
+    try:
+        async with deadline:
+            ok = await resolve(validate(entry.value))
+    except asyncio.CancelledError:
+        pool._discard(entry, "cancelled")
+        raise
+    except Exception as exc:
+        if deadline.expired():
+            pool._discard(entry, "validation")
+            raise TimeoutError(f"validating a resource took over {budget:.3g}s") from exc
+        logger.info(
+            "pool '%s': validation raised %s; closing the resource",
+            pool.name,
+            type(exc).__name__,
+        )
+        ok = False
+    entry.last_checked = monotonic()
+    return None if ok else "validation"
+
+
+async def close_everything(pool: ResourcePool[Any]) -> None:
+    """``close()``'s last step: stop maintenance and creations, close every resource."""
+    pool._stopping = True
+    task, pool._maintenance = pool._maintenance, None
+    pending: list[asyncio.Task[Any]] = [*pool._creating]
+    if task is not None:
+        pending.append(task)
+    for waiting in pending:
+        waiting.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    while pool._waiters:  # leases still checking out after the drain deadline
+        waiter = pool._waiters.popleft()
+        if not waiter.done():
+            waiter.set_exception(pool._closed_error())
+    # Idle, still held by an abandoned lease, or made by a creation that won
+    # the race with its cancellation: every open resource is closed now.
+    pool._idle.clear()
+    pool._in_use.clear()
+    for entry in list(pool._entries):
+        pool._discard(entry, "closed")
+    if pool._closing:
+        await asyncio.gather(*list(pool._closing), return_exceptions=True)
 
 
 async def open_initial(pool: ResourcePool[Any]) -> None:

@@ -53,7 +53,9 @@ from typing import Any, ClassVar, TypeVar
 
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.resource_maintenance import (
+    check_entry,
     close_entry,
+    close_everything,
     open_entry,
     open_initial,
     replace_all,
@@ -188,27 +190,7 @@ class ResourcePool(ConnectionPool[T]):
         )
 
     async def _close_pool(self) -> None:
-        self._stopping = True
-        task, self._maintenance = self._maintenance, None
-        pending: list[asyncio.Task[Any]] = [*self._creating]
-        if task is not None:
-            pending.append(task)
-        for waiting in pending:
-            waiting.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        while self._waiters:  # leases still checking out after the drain deadline
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(self._closed_error())
-        # Idle, still held by an abandoned lease, or made by a creation that won
-        # the race with its cancellation: every open resource is closed now.
-        self._idle.clear()
-        self._in_use.clear()
-        for entry in list(self._entries):
-            self._discard(entry, "closed")
-        if self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        await close_everything(self)
 
     # --- checkout and return --------------------------------------------------------
 
@@ -321,32 +303,7 @@ class ResourcePool(ConnectionPool[T]):
         return None
 
     async def _check(self, entry: Entry[T], budget: float) -> str | None:
-        """Run ``validate`` on an entry nobody else can see; None if it passed.
-
-        If ``budget`` runs out first the resource is closed (a probe may be
-        half done) and ``TimeoutError`` raised; so it is if the caller is cancelled.
-        """
-        validate = self._validate
-        assert validate is not None
-        deadline = asyncio.timeout(budget)
-        try:
-            async with deadline:
-                ok = await resolve(validate(entry.value))
-        except asyncio.CancelledError:
-            self._discard(entry, "cancelled")
-            raise
-        except Exception as exc:
-            if deadline.expired():
-                self._discard(entry, "validation")
-                raise TimeoutError(f"validating a resource took over {budget:.3g}s") from exc
-            logger.info(
-                "pool '%s': validation raised %s; closing the resource",
-                self.name,
-                type(exc).__name__,
-            )
-            ok = False
-        entry.last_checked = monotonic()
-        return None if ok else "validation"
+        return await check_entry(self, entry, budget)
 
     # --- opening and closing resources -------------------------------------------------
 
