@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -577,3 +579,66 @@ async def test_registered_with_the_manager_like_any_pool(factory: Factory) -> No
         text = generate_latest(build_registry(lambda: manager.pools)).decode()
         assert 'pool="workers"' in text and 'backend="workers"' in text
     assert pool.state.value == "closed" and all(t.closed for t in factory.made)
+
+
+# --- chaos ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_random_failures_and_cancellations_never_lose_a_slot_or_a_resource(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    made: list[object] = []
+    closed: list[object] = []
+
+    async def create() -> object:
+        await asyncio.sleep(rng.choice([0, 0, 0.001]))
+        if rng.random() < 0.05:
+            raise OSError("refused")
+        made.append(thing := object())
+        return thing
+
+    async def close(thing: object) -> None:
+        await asyncio.sleep(rng.choice([0, 0.001]))
+        closed.append(thing)
+
+    async def validate(_: object) -> bool:
+        await asyncio.sleep(0)
+        return rng.random() > 0.05
+
+    def reset(_: object) -> None:
+        if rng.random() < 0.03:
+            raise RuntimeError("dirty")
+
+    pool = ResourcePool(
+        config(min_size=2, max_size=4, connection_timeout=0.05, idle_timeout=0.02),
+        create,
+        close,
+        validate=validate,
+        reset=reset,
+        overflow=2,
+        order=rng.choice(["fifo", "lifo"]),
+        create_retry=RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.005),
+    )
+    await pool.initialize()
+
+    async def worker() -> None:
+        for _ in range(20):
+            with contextlib.suppress(Exception):
+                async with pool.get_connection():
+                    await asyncio.sleep(rng.choice([0, 0.001, 0.002]))
+                    if rng.random() < 0.05:
+                        raise ResourceBroken("broke")
+
+    tasks = [asyncio.create_task(worker()) for _ in range(12)]
+    for _ in range(15):
+        await asyncio.sleep(0.003)
+        rng.choice(tasks).cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert pool._gate.in_use == 0 and pool.stats.active_connections == 0
+    assert not pool._in_use and pool.size <= 6
+    await pool.drain(interval=0.0)
+    await pool.close()
+    assert {id(t) for t in made} == {id(t) for t in closed}  # each made one closed ...
+    assert len(closed) == len(made)  # ... exactly once
