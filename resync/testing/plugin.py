@@ -1,8 +1,10 @@
 """The resync pytest plugin: fixtures, and tests that cannot leak into each other.
 
 Loaded automatically through the ``pytest11`` entry point ``resync`` (disable
-with ``-p no:resync``, or turn only the guards off with ``resync_isolation =
-false`` in the pytest ini).
+with ``-p no:resync``). The guards below run for every test when the pytest ini
+says ``resync_isolation = true`` (resync's own suite does), and otherwise only
+for tests that use one of the fixtures below -- installing resync never starts
+failing a project's unrelated tests.
 
 Fixtures:
 
@@ -17,7 +19,7 @@ Fixtures:
   and HTTP need ``REDIS_URL`` / ``TWS_BASE_URL``; without them the fixture fails
   saying so. ``db_session`` rolls back what the test did not commit.
 
-Guards, around every test:
+Guards, around each guarded test:
 
 - the process-wide manager (``get_connection_pool_manager()``) is reset before
   and after;
@@ -79,9 +81,10 @@ _MANAGER_MODULE = "resync.core.pools.pool_manager"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "resync_isolation",
-        "resync: fail tests that leak pools, leases or tasks, and reset the pool manager",
+        "resync: guard every test (not only those using resync fixtures) against leaked "
+        "pools, leases and tasks, and reset the pool manager around it",
         type="bool",
-        default=True,
+        default=False,
     )
     parser.addini(
         "resync_leak_grace",
@@ -184,9 +187,20 @@ def _loop_scope(item: pytest.Item) -> str:
     return str(scope or item.config.getini("asyncio_default_test_loop_scope") or "function")
 
 
+_RESYNC_FIXTURES = frozenset(
+    {"resync_settings", "resync_manager", "db_session", "redis_client", "http_client"}
+)
+
+
+def _guarded(request: pytest.FixtureRequest) -> bool:
+    if request.config.getini("resync_isolation"):
+        return True
+    return not _RESYNC_FIXTURES.isdisjoint(request.fixturenames)
+
+
 @pytest.fixture(autouse=True)
 def _resync_isolation(request: pytest.FixtureRequest) -> Iterator[None]:
-    if not request.config.getini("resync_isolation"):
+    if not _guarded(request):
         yield
         return
     if _asyncio_plugin is not None and _asyncio_plugin.is_async_test(request.node):

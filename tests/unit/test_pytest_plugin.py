@@ -16,12 +16,13 @@ from tests.helpers.upstream import Upstream
 
 pytest_plugins = ["pytester"]
 
-INI = """
+BASE_INI = """
 [pytest]
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
 addopts = --strict-markers -p no:cacheprovider
 """
+INI = BASE_INI + "resync_isolation = true\n"
 
 HEADER = """
 import asyncio
@@ -262,7 +263,7 @@ def test_next_sees_them_closed():
 
 @pytest.mark.resync_allow_leaks("pools")  # the unguarded inner test leaks into this one
 def test_the_guards_can_be_turned_off_in_the_ini(project: pytest.Pytester) -> None:
-    project.makeini(INI + "resync_isolation = false\n")
+    project.makeini(BASE_INI + "resync_isolation = false\n")
     result = run(project, "async def test_leaks():\n    await make_pool().initialize()\n")
     result.assert_outcomes(passed=1)
 
@@ -394,3 +395,23 @@ def test_the_plugin_loads_from_its_entry_point_and_can_be_disabled(
     loaded.assert_outcomes(passed=1, errors=1)
     disabled = project.runpytest_subprocess("-p", "no:resync")
     disabled.assert_outcomes(passed=1)
+
+
+@pytest.mark.resync_allow_leaks("pools")  # the unguarded inner test leaks into this one
+def test_by_default_only_tests_using_resync_fixtures_are_guarded(
+    project: pytest.Pytester,
+) -> None:
+    project.makeini(BASE_INI)
+    result = run(
+        project,
+        """
+async def test_unrelated_leak_is_not_our_business():
+    await make_pool("unrelated").initialize()
+
+async def test_a_resync_test_is_guarded(resync_manager):
+    await make_pool("guarded").initialize()
+""",
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*unclosed pool 'guarded'*"])
+    assert "'unrelated'" not in result.stdout.str()
