@@ -221,7 +221,7 @@ def verdicts(results: list[RunResult]) -> list[str]:
     ]
 
 
-async def lease_overhead(cycles: int = 20_000, repeats: int = 5) -> dict[str, float]:
+async def lease_overhead(cycles: int = 10_000, repeats: int = 5) -> dict[str, float]:
     """CPU per request with no network: bare client vs resync lease (mock transport).
 
     Throughput on this shared machine moves by 10% between rounds; CPU time per
