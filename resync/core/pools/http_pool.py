@@ -259,9 +259,6 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
         # Outcomes are recorded per request by the transport, not per lease.
         return False
 
-    def _record_outcome(self, error: BaseException | None) -> None:
-        """No per-lease breaker outcome: the transport records one per request."""
-
     def _secrets(self) -> list[str]:
         return self._secret_values
 
