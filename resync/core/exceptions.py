@@ -30,6 +30,7 @@ The tree::
     │   ├── DatabasePoolOverloadedError (+ PoolOverloadedError)
     │   ├── DatabaseUnavailableError   (+ BackendUnavailableError)
     │   ├── DatabaseSetupError         (+ PoolSetupError)
+    │   ├── DatabaseCommitUnknownError           connection lost during COMMIT: outcome unknown
     │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
     │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
     │       ├── RedisPoolClosedError   (+ PoolClosedError)
@@ -69,6 +70,7 @@ __all__ = [
     "REDIS_ERRORS",
     "BackendUnavailableError",
     "ConfigurationError",
+    "DatabaseCommitUnknownError",
     "DatabaseError",
     "DatabasePoolClosedError",
     "DatabasePoolNotInitializedError",
@@ -232,6 +234,16 @@ class DatabaseUnavailableError(DatabaseError, BackendUnavailableError):
 
 class DatabaseSetupError(DatabaseError, PoolSetupError):
     """A database pool could not be set up ("Failed to setup ...")."""
+
+
+class DatabaseCommitUnknownError(DatabaseError):
+    """The connection was lost while ``COMMIT`` was in flight: the outcome is unknown.
+
+    The server may have committed the transaction before the connection
+    broke, or never received the ``COMMIT``. Only this error leaves that open:
+    any other error from a lease means nothing was committed. Check for the
+    transaction's effect (a unique id written by it, say) before retrying it.
+    """
 
 
 # --- Redis family (a DatabaseError, as in the seed) ----------------------------

@@ -22,6 +22,10 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
 - **Lifetime**: each connection expires up to 10% before ``max_lifetime``, at
   random, so those opened together do not expire together. Expired
   connections are closed when found idle, never under a lease.
+- **Replacement** (``drain()``, a read-only server): :meth:`ConnectionStock.retire_all`
+  starts a new *generation*; a connection of an older one is never handed out
+  again -- idle ones are closed (:meth:`ConnectionStock.replace_retired`), leased
+  ones when they come back -- so every later lease runs on a fresh connection.
 - **Idle timeout**: :meth:`ConnectionStock.maintain` closes connections idle
   longer than ``idle_timeout`` while more than ``min_size`` are open, and
   reopens up to ``min_size`` under an admission slot, so ``max_size`` stays a
@@ -83,17 +87,20 @@ class HeldConnection:
         "dbapi",
         "driver",
         "expires_at",
+        "generation",
         "idle_since",
         "is_closed",
         "options",
         "stale",
     )
 
-    def __init__(self, conn: AsyncConnection, max_lifetime: float) -> None:
+    def __init__(self, conn: AsyncConnection, max_lifetime: float, generation: int = 0) -> None:
         now = monotonic()
         sync = conn.sync_connection
         assert sync is not None  # a connected AsyncConnection has one
         self.conn = conn
+        #: The stock's generation when this connection was opened.
+        self.generation = generation
         self.options = sync.get_execution_options()
         self.stale = False
         self.dbapi: Any = sync.connection.dbapi_connection
@@ -174,6 +181,8 @@ class ConnectionStock:
         self.engine: AsyncEngine | None = None
         self.idle: deque[HeldConnection] = deque()  # oldest idle on the left
         self.suspect_since = -math.inf
+        #: Connections opened in an older generation are replaced, never reused.
+        self.generation = 0
         self._leased = leased
         self._scrub = scrub
 
@@ -197,7 +206,7 @@ class ConnectionStock:
             task.add_done_callback(_close_late_connection)
             raise
         try:
-            return HeldConnection(conn, self.config.max_lifetime)
+            return HeldConnection(conn, self.config.max_lifetime, self.generation)
         except BaseException:
             drop_connection(conn)
             raise
@@ -251,6 +260,8 @@ class ConnectionStock:
             now = monotonic()
             if held.expires_at <= now:
                 await self.close_gracefully(held)
+            elif held.generation != self.generation:
+                self.terminate(held)  # retired: not worth a round trip of the caller's time
             elif held.dead():
                 self.suspect_since = now
                 self.terminate(held)
@@ -299,13 +310,56 @@ class ConnectionStock:
         if conn.invalidated:
             # One connection died under a lease; the idle ones may have too.
             self.suspect_since = now
-        elif reusable and not conn.in_transaction() and not held.dead():
+        elif (
+            reusable
+            and not conn.in_transaction()
+            and not held.dead()
+            and held.generation == self.generation
+        ):
             if held.stale:
                 held.renew()
             held.idle_since = now
             self.idle.append(held)
             return
         self.terminate(held)
+
+    # --- replacing every connection ----------------------------------------------------
+
+    def retire_all(self) -> int:
+        """Start a new generation: every open connection is to be replaced.
+
+        No I/O and no ``await``, so it is safe from a SQLAlchemy event handler.
+        From now on no connection opened before is handed out again: an idle
+        one is dropped when a checkout finds it (or by :meth:`replace_retired`
+        or maintenance), a leased one is closed when its lease ends. Returns
+        how many connections were open (idle plus leased).
+        """
+        self.generation += 1
+        return len(self.idle) + self._leased()
+
+    def is_retired(self, held: HeldConnection) -> bool:
+        """Was ``held`` opened before the last :meth:`retire_all`?"""
+        return held.generation != self.generation
+
+    async def replace_retired(
+        self, gate: AdmissionGate, is_ready: Callable[[], bool], interval: float
+    ) -> None:
+        """Close the retired idle connections one at a time, spread over ``interval``
+        seconds, reopening up to ``min_size`` after each. A checkout may take
+        (and drop) one first; cancelled, the rest are still dropped by checkouts
+        and maintenance."""
+        retired = [held for held in self.idle if self.is_retired(held)]
+        pause = interval / len(retired) if retired else 0.0
+        for held in retired:
+            try:
+                self.idle.remove(held)
+            except ValueError:
+                continue  # a checkout found it first and dropped it
+            await self.close_gracefully(held)
+            await self.top_up(gate, is_ready)
+            if pause:
+                await asyncio.sleep(pause)
+        await self.top_up(gate, is_ready)
 
     # --- maintenance ----------------------------------------------------------------
 
@@ -338,7 +392,7 @@ class ConnectionStock:
         victims: list[HeldConnection] = []
         keep: list[HeldConnection] = []
         for held in idle:  # oldest first
-            worn_out = held.expires_at <= now or held.dead()
+            worn_out = held.expires_at <= now or held.dead() or held.generation != self.generation
             if worn_out or (surplus > 0 and 0 < idle_timeout <= now - held.idle_since):
                 victims.append(held)
                 surplus -= 1

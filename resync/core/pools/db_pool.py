@@ -27,9 +27,11 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from resync.core.exceptions import DATABASE_ERRORS
+from resync.core.exceptions import DATABASE_ERRORS, DatabaseCommitUnknownError
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.pools.db_connections import ConnectionStock, HeldConnection
+from resync.core.pools.db_errors import connection_lost
+from resync.core.pools.db_replacement import DatabaseReplacement
 from resync.core.pools.db_url import (
     DatabaseTarget,
     engine_arguments,
@@ -45,9 +47,17 @@ logger = logging.getLogger("resync.pool")
 _SELECT_ONE = text("SELECT 1")
 
 
+class _CommitFailed(Exception):
+    """``COMMIT`` itself failed (``__cause__``), not the flush before it."""
+
+
 # Run inside SQLAlchemy's greenlet: one switch for the whole step.
 def _commit_and_close(session: Session, held: HeldConnection | None) -> bool:
-    session.commit()
+    session.flush()  # a failure here comes before COMMIT: nothing was committed
+    try:
+        session.commit()
+    except Exception as exc:
+        raise _CommitFailed() from exc
     session.close()
     try:
         return held is None or held.reset()
@@ -88,7 +98,7 @@ def _ping_after(
     return ping_idle_after
 
 
-class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
+class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
     """Leases ``AsyncSession`` objects, each bound to one connection held for the lease.
 
     ``async with pool.get_connection() as session`` checks a connection out
@@ -205,6 +215,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         )
         self._keeper: HeldConnection | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._init_replacement()
 
     # --- identity ---------------------------------------------------------------------
 
@@ -234,6 +245,9 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             "target": target.display if target is not None else None,
             "driver": target.driver if target is not None else None,
             "application_name": self.application_name,
+            "generation": self._stock.generation,
+            "replacements": self.replacements,
+            "read_only_errors": self.read_only_errors,
         }
 
     # --- setup and close ---------------------------------------------------------------
@@ -253,6 +267,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         def count_closed(*_: Any) -> None:
             stats.connection_closures += 1
 
+        event.listen(engine.sync_engine, "handle_error", self._on_driver_error)
         event.listen(engine.sync_engine.pool, "connect", count_open)
         event.listen(engine.sync_engine.pool, "close", count_closed)
         if target.backend == "sqlite" and not target.is_memory:
@@ -287,6 +302,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+        await self._stop_replacement()
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -328,7 +344,10 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             if error is None:
                 try:
                     reusable = await session.run_sync(_commit_and_close, held)
-                except Exception as exc:
+                except _CommitFailed as exc:
+                    failure = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                    reusable = await self._roll_back(session, held, failure)
+                except Exception as exc:  # the flush: COMMIT was never sent
                     failure = exc
                     reusable = await self._roll_back(session, held, exc)
             else:
@@ -341,19 +360,53 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             if held is not None:  # None: cut off by close() after the drain
                 self._stock.check_in(held, reusable)
         if failure is not None:
-            if not isinstance(failure, SQLAlchemyError):
-                raise failure
+            self._raise_commit_failure(failure, in_commit=not reusable and connection_lost(failure))
+
+    def _raise_commit_failure(self, failure: Exception, *, in_commit: bool) -> None:
+        if in_commit:
             self.stats.connection_errors += 1
-            raise self.errors.base(
-                f"Database operation failed: commit failed and was rolled back: "
-                f"{self._scrub(failure)} (pool '{self.name}')",
+            raise DatabaseCommitUnknownError(
+                f"Database operation failed: the connection was lost during COMMIT, so the "
+                f"transaction may or may not have been committed: {type(failure).__name__} "
+                f"{self._scrub(failure)} (pool '{self.name}'). Check for its effect before "
+                "retrying it",
                 pool_name=self.name,
             ) from failure
+        if not isinstance(failure, SQLAlchemyError):
+            raise failure
+        self.stats.connection_errors += 1
+        raise self.errors.base(
+            f"Database operation failed: commit failed and was rolled back: "
+            f"{self._scrub(failure)} (pool '{self.name}')",
+            pool_name=self.name,
+        ) from failure
 
     async def _roll_back(
         self, session: AsyncSession, held: HeldConnection | None, cause: BaseException
     ) -> bool:
-        problem = await session.run_sync(_rollback_and_close, held)
+        """Roll back and close ``session``; False: discard the connection.
+
+        After an error that left the exchange unfinished (cancelled, timed out,
+        disconnected) the connection is cut off first, without a ``ROLLBACK``:
+        its state is unknown, a dead or silent network would make the
+        ``ROLLBACK`` wait, and the server rolls back a closed session anyway.
+        Otherwise the ``ROLLBACK`` gets ``connection_timeout``; past it the
+        connection is cut off.
+        """
+        if connection_lost(cause):
+            if held is not None:
+                self._stock.terminate(held)
+            await session.run_sync(_rollback_and_close, None)
+            return False
+        timeout = self.config.connection_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                problem = await session.run_sync(_rollback_and_close, held)
+        except TimeoutError:
+            if held is not None:
+                self._stock.terminate(held)
+            await session.run_sync(_rollback_and_close, None)
+            problem = TimeoutError(f"no answer to ROLLBACK within {timeout:g}s")
         if problem is None:
             return True
         logger.warning(
