@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         default=1800.0, ge=0, description="Recycle connections after (s); 0 = never."
     )
     DB_POOL_MAX_WAITING: int = Field(default=0, ge=0, description="Queue cap; 0 = unbounded.")
+    DB_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
+        default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
+    )
 
     # --- Redis (on when REDIS_URL is set) ---
     REDIS_URL: str | None = Field(default=None, description="redis://, rediss:// or unix://")
@@ -75,6 +78,9 @@ class Settings(BaseSettings):
     REDIS_POOL_HEALTH_CHECK_INTERVAL: float = Field(default=30.0, ge=0)
     REDIS_POOL_MAX_LIFETIME: float = Field(default=1800.0, ge=0)
     REDIS_POOL_MAX_WAITING: int = Field(default=0, ge=0)
+    REDIS_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
+        default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
+    )
     REDIS_REQUIRED: bool = Field(default=False, description="Readiness fails if Redis is down.")
 
     # --- upstream HTTP API (on when TWS_BASE_URL is set) ---
@@ -86,6 +92,9 @@ class Settings(BaseSettings):
     HTTP_POOL_HEALTH_CHECK_INTERVAL: float = Field(default=30.0, ge=0)
     HTTP_POOL_MAX_LIFETIME: float = Field(default=1800.0, ge=0)
     HTTP_POOL_MAX_WAITING: int = Field(default=0, ge=0)
+    HTTP_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
+        default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
+    )
     HTTP_ENABLE_HTTP2: bool = Field(default=False, description="Needs the h2 extra.")
     HTTP_REQUIRED: bool = Field(default=False, description="Readiness fails if it is down.")
 

@@ -43,6 +43,7 @@ _COMMON = {
     "HEALTH_CHECK_INTERVAL": 30.0,
     "MAX_LIFETIME": 1800.0,
     "MAX_WAITING": 0,
+    "LEAK_DETECTION_THRESHOLD": 0.0,
 }
 
 
@@ -92,6 +93,7 @@ def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:
         health_check_interval=values["health_check_interval"],
         max_lifetime=values["max_lifetime"],
         max_waiting=values["max_waiting"],
+        leak_detection_threshold=values["leak_detection_threshold"],
         drain_timeout=read_setting(source, "POOL_DRAIN_TIMEOUT", 20.0),
     )
 

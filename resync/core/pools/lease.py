@@ -10,7 +10,9 @@ twice as much per lease. The rules it keeps:
   ``await`` -- the slot is released exactly once (``finally``), and the backend
   is told how the lease ended so it can discard a connection in an unknown state;
 - errors of the backend are mapped to the pool's error family on the way out,
-  chained with ``from``.
+  chained with ``from``;
+- with ``leak_detection_threshold`` set, a lease held too long is reported
+  (:mod:`resync.core.pools.leak_detection`); at 0 that costs one test per side.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import traceback
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from resync.core.pools.admission import CLOSED, GRANTED
+from resync.core.pools.leak_detection import LeakWatch
 from resync.core.pools.state import PoolState
 
 _READY = PoolState.READY
@@ -48,12 +50,12 @@ class Lease(Generic[T]):
     is cancelled. A ``Lease`` object is single-use.
     """
 
-    __slots__ = ("_conn", "_granted_at", "_leak_handle", "_pool", "_stack", "_state")
+    __slots__ = ("_conn", "_granted_at", "_leak", "_pool", "_state")
 
     def __init__(self, pool: ConnectionPool[T]) -> None:
         self._pool = pool
         self._state = 0  # 0 new, 1 held, 2 done
-        self._leak_handle: asyncio.TimerHandle | None = None
+        self._leak: LeakWatch | None = None
 
     async def __aenter__(self) -> T:
         if self._state:
@@ -111,7 +113,7 @@ class Lease(Generic[T]):
         stats.average_wait_time = pool._wait_window.add(waited)
         pool.wait_histogram.observe(waited)
         if pool._leak_threshold:
-            self._arm_leak_detector()
+            self._leak = LeakWatch(pool.name, pool._leak_threshold, pool.stats)
         if pool._has_acquire_hook:
             try:
                 await pool.on_connection_acquired(conn)
@@ -146,47 +148,9 @@ class Lease(Generic[T]):
             if pool.circuit_breaker is not None:
                 pool._record_outcome(exc)
             pool._gate.release()
-            if self._leak_handle is not None:
-                self._finish_leak_detector(held)
+            if self._leak is not None:
+                self._leak.finish(held)
         if exc is not None:
             mapped = pool._map_error(exc)
             if mapped is not exc:
                 raise mapped from exc
-
-    # --- leak detection ---
-
-    def _arm_leak_detector(self) -> None:
-        pool = self._pool
-        self._stack = "".join(traceback.format_stack(limit=12)[:-2])
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        holder = task.get_name() if task is not None else "<no task>"
-        self._leak_handle = loop.call_later(pool._leak_threshold, self._report_leak, holder)
-
-    def _report_leak(self, holder: str) -> None:
-        pool = self._pool
-        if self._state != 1:
-            return
-        pool.stats.leaks_detected += 1
-        logger.warning(
-            "pool '%s': lease held by task %r for more than %.3gs (possible leak); "
-            "acquired at:\n%s",
-            pool.name,
-            holder,
-            pool._leak_threshold,
-            self._stack,
-        )
-
-    def _finish_leak_detector(self, held: float) -> None:
-        pool = self._pool
-        handle = self._leak_handle
-        self._leak_handle = None
-        if handle is not None:
-            handle.cancel()
-        if held >= pool._leak_threshold:
-            logger.warning(
-                "pool '%s': leased connection returned after %.3fs (leak threshold %.3gs)",
-                pool.name,
-                held,
-                pool._leak_threshold,
-            )
