@@ -1,0 +1,1 @@
+"""Fault-injection tests: pools against a network and servers that misbehave."""
