@@ -185,6 +185,8 @@ class ConnectionStock:
         self.generation = 0
         self._leased = leased
         self._scrub = scrub
+        #: Opens one connection of the engine; set for a ``credentials_provider``.
+        self.opener: Callable[[AsyncEngine], Awaitable[AsyncConnection]] | None = None
 
     # --- opening and closing ---------------------------------------------------
 
@@ -197,7 +199,8 @@ class ConnectionStock:
         """
         engine = self.engine
         assert engine is not None, "connect() before the engine exists"
-        task = asyncio.ensure_future(engine.connect())
+        opener = self.opener
+        task = asyncio.ensure_future(engine.connect() if opener is None else opener(engine))
         try:
             async with asyncio.timeout(timeout):
                 conn = await asyncio.shield(task)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import event, text
@@ -30,8 +31,9 @@ from sqlalchemy.pool import NullPool
 from resync.core.exceptions import DATABASE_ERRORS, DatabaseCommitUnknownError
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.pools.db_connections import ConnectionStock, HeldConnection
+from resync.core.pools.db_credentials import CredentialsProvider
 from resync.core.pools.db_errors import connection_lost
-from resync.core.pools.db_replacement import DatabaseReplacement
+from resync.core.pools.db_topology import DatabaseTopology
 from resync.core.pools.db_url import (
     DatabaseTarget,
     engine_arguments,
@@ -98,7 +100,7 @@ def _ping_after(
     return ping_idle_after
 
 
-class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
+class DatabaseConnectionPool(DatabaseTopology, ConnectionPool[AsyncSession]):
     """Leases ``AsyncSession`` objects, each bound to one connection held for the lease.
 
     ``async with pool.get_connection() as session`` checks a connection out
@@ -164,6 +166,15 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
     back discards its connection (its state is unknown) and frees its slot.
     ``close()`` drains the leases, then closes every connection and the engine;
     a lease still out after the drain has its connection terminated.
+
+    Beyond one server (:mod:`~resync.core.pools.db_topology`):
+    ``pgbouncer="transaction"`` configures asyncpg for PgBouncer's transaction
+    pooling; ``replica_urls`` adds read replicas for :meth:`get_read_session`
+    (health-checked every ``replica_check_interval`` seconds, failing over to
+    the primary); ``credentials_provider`` (sync or async, returning
+    :class:`~resync.core.pools.db_credentials.DatabaseCredentials` or a
+    password) logs every new connection in, so a rotation is a provider
+    change and a ``drain()``.
     """
 
     backend = "database"
@@ -176,6 +187,10 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
         *,
         ping_idle_after: float = 1.0,
         session_options: dict[str, Any] | None = None,
+        pgbouncer: str = "off",
+        credentials_provider: CredentialsProvider | None = None,
+        replica_urls: str | Sequence[object] | None = None,
+        replica_check_interval: float | None = None,
         **engine_options: Any,
     ) -> None:
         super().__init__(config)
@@ -186,6 +201,15 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
         except ValueError as exc:  # reported by initialize(), as a setup error
             self._url_problem = str(exc)
         target = self._target
+        engine_options = self._init_topology(
+            target,
+            engine_options,
+            pgbouncer=pgbouncer,
+            credentials_provider=credentials_provider,
+            replica_urls=replica_urls,
+            replica_check_interval=replica_check_interval,
+            child_options={"ping_idle_after": ping_idle_after, "session_options": session_options},
+        )
         # Unique per pool, so a DBA (or a test) finds exactly this pool's
         # backends in pg_stat_activity; PostgreSQL keeps 63 bytes of it.
         self.application_name = f"resync-{config.pool_name[:48]}-{secrets.token_hex(4)}"
@@ -234,7 +258,7 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
         return f"{super().__repr__()[:-1]} url={self._display}>"
 
     def _secrets(self) -> list[str]:
-        return self._secret_list
+        return self._secret_list + self._topology_secrets()
 
     def _idle_connections(self) -> int:
         return len(self._stock.idle)
@@ -248,6 +272,7 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
             "generation": self._stock.generation,
             "replacements": self.replacements,
             "read_only_errors": self.read_only_errors,
+            **self._topology_details(),
         }
 
     # --- setup and close ---------------------------------------------------------------
@@ -259,6 +284,7 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
         url = shared_memory_url(target) if target.is_memory else target.url
         engine = create_async_engine(url, poolclass=NullPool, **self._engine_kwargs)
         self._stock.engine = engine
+        self._use_credentials(engine)
         stats = self.stats
 
         def count_open(*_: Any) -> None:
@@ -283,6 +309,7 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
                 raise outcome
         self._maintenance = asyncio.ensure_future(self._maintain())
         logger.info("pool '%s': %d connection(s) open to %s", self.name, count, self._display)
+        await self._start_replicas()
 
     async def _warm_one(self) -> None:
         # Appended the moment it exists, so a failed setup can close it.
@@ -303,6 +330,7 @@ class DatabaseConnectionPool(DatabaseReplacement, ConnectionPool[AsyncSession]):
             task.cancel()
             await asyncio.wait([task])
         await self._stop_replacement()
+        await self._stop_replicas()
         await self._close_connections()
 
     async def _close_connections(self) -> None:
