@@ -140,7 +140,7 @@ ensure_redis() {
     say "Redis is up on $REDIS_HOST:$REDIS_PORT"
 }
 
-# Tools the suite itself uses for throwaway servers (initdb/pg_ctl, redis-server):
+# Tools the suite itself uses for throwaway servers (initdb/pg_ctl, redis-server, pgbouncer):
 ensure_tools() {
     local missing=()
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -148,6 +148,8 @@ ensure_tools() {
         missing+=(postgresql)
     fi
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # PgBouncer tests start their own pgbouncer (Debian puts it in /usr/sbin).
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
     if [ ${#missing[@]} -gt 0 ]; then
         if can_apt; then
             apt_install "${missing[@]}"
