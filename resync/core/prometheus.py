@@ -139,7 +139,7 @@ class PoolCollector(Collector):
             stats = pool.get_stats_snapshot()
             count.add_metric([*labels, "used"], stats["active_connections"])
             count.add_metric([*labels, "idle"], stats["idle_connections"])
-            gauges["max"].add_metric(labels, stats["max_size"])
+            gauges["max"].add_metric(labels, stats["capacity"])
             gauges["min"].add_metric(labels, stats["min_size"])
             gauges["pending"].add_metric(labels, stats["waiting_connections"])
             gauges["up"].add_metric(labels, 1 if stats["state"] == "ready" else 0)

@@ -249,7 +249,7 @@ async def test_memory_pool_grants_one_lease_at_a_time(make_pool: MakePool) -> No
 
     await asyncio.gather(*(lease() for _ in range(30)))
     assert peak == 1
-    assert pool.get_stats_snapshot()["max_size"] == 1
+    assert pool.get_stats_snapshot()["capacity"] == 1
 
 
 async def test_two_memory_pools_do_not_share_a_database(make_pool: MakePool) -> None:

@@ -154,7 +154,7 @@ def test_repr_of_unparsable_url_hides_the_password() -> None:
 
 def test_memory_database_pool_grants_one_lease_at_a_time() -> None:
     pool = DatabaseConnectionPool(CONFIG, "sqlite:///:memory:")
-    assert pool.get_stats_snapshot()["max_size"] == 1
+    assert pool.get_stats_snapshot()["capacity"] == 1
 
 
 def test_each_pool_gets_its_own_application_name() -> None:

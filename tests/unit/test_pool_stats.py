@@ -25,6 +25,7 @@ REQUIRED_KEYS = {
     "last_health_check",
     "min_size",
     "max_size",
+    "capacity",
     "pool_name",
     "backend",
     "state",
@@ -102,6 +103,6 @@ async def test_snapshot_has_one_schema_with_every_stat_and_the_config_sizes() ->
     snap = pool.get_stats_snapshot()
     assert set(snap) >= REQUIRED_KEYS
     assert set(STAT_FIELDS) <= set(snap)
-    assert snap["min_size"] == 2 and snap["max_size"] == 5
+    assert snap["min_size"] == 2 and snap["max_size"] == 5 and snap["capacity"] == 5
     assert snap["pool_name"] == "stats" and snap["backend"] == "memory"
     assert snap["state"] == "new"

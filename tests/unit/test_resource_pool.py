@@ -403,7 +403,7 @@ async def test_idle_order_picks_the_oldest_or_the_newest_return(
 
 async def test_overflow_admits_extra_leases_and_closes_them_on_return(factory: Factory) -> None:
     async with make_pool(factory, min_size=0, max_size=2, overflow=1) as pool:
-        assert pool.get_stats_snapshot()["max_size"] == 3
+        assert pool.get_stats_snapshot()["capacity"] == 3
         leases = [pool.get_connection() for _ in range(3)]
         things = [await lease.__aenter__() for lease in leases]
         assert len(factory.open_things()) == 3

@@ -357,9 +357,11 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
             pool_name=self.name,
             backend=self.backend,
             state=self._state.value,
-            # A backend may grant fewer slots than configured (SQLite memory: one).
-            min_size=min(self.config.min_size, self._gate.capacity),
-            max_size=self._gate.capacity,
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            # Leases admitted at once; differs from max_size when the backend
+            # grants fewer (SQLite memory: 1) or more (ResourcePool overflow).
+            capacity=self._gate.capacity,
             max_waiting=self.config.max_waiting,
             connection_timeout=self.config.connection_timeout,
             wait_time_p99=self.wait_histogram.quantile(0.99),

@@ -11,7 +11,7 @@ Sizes: ``initialize()`` opens ``min_size`` resources, each retried with
 exponential backoff and full jitter (``create_retry``); if one still fails, the
 setup error names the pool. At rest at most ``max_size`` stay open. ``overflow``
 more leases are admitted (gate capacity ``max_size + overflow``, shown as the
-stats' ``max_size``); a resource returned while more than ``max_size`` are open
+stats' ``capacity``); a resource returned while more than ``max_size`` are open
 is closed -- unless a caller is already queued, who gets it instead.
 
 Checkout takes an idle resource ("fifo": idle longest; "lifo": returned last),
