@@ -23,7 +23,7 @@ from resync.core.redact import mask_url
 __all__ = ["BACKEND_PREFIXES", "URL_FIELDS", "Settings", "settings"]
 
 #: Fields whose values may carry credentials; masked wherever settings are shown.
-URL_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL", "TWS_BASE_URL"})
+URL_FIELDS = frozenset({"DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL", "TWS_BASE_URL"})
 
 #: Prefix of the six pool variables of each backend.
 BACKEND_PREFIXES = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     DB_POOL_MAX_WAITING: int = Field(default=0, ge=0, description="Queue cap; 0 = unbounded.")
     DB_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
+    )
+    DB_POOL_PGBOUNCER: Literal["off", "session", "transaction"] = Field(
+        default="off",
+        description="PgBouncer pool_mode in front of DATABASE_URL; 'transaction' turns "
+        "asyncpg's named prepared statements off.",
+    )
+    DATABASE_REPLICA_URLS: str | None = Field(
+        default=None,
+        description="Comma-separated read replica URLs for read sessions (PostgreSQL).",
     )
 
     # --- Redis (on when REDIS_URL is set) ---
@@ -143,10 +152,36 @@ class Settings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("REDIS_URL", "TWS_BASE_URL", mode="before")
+    @field_validator("REDIS_URL", "TWS_BASE_URL", "DATABASE_REPLICA_URLS", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("DB_POOL_PGBOUNCER", mode="before")
+    @classmethod
+    def _lower_pgbouncer(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("DATABASE_REPLICA_URLS")
+    @classmethod
+    def _check_replica_urls(cls, value: str | None) -> str | None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if value is None:
+            return value
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        for number, part in enumerate(parts, start=1):
+            try:
+                backend = make_url(part).get_backend_name()
+            except (ArgumentError, ValueError):
+                raise ValueError(
+                    f"URL #{number} must be a SQLAlchemy URL such as "
+                    "postgresql+asyncpg://user:pass@replica-host/db (comma-separated)"
+                ) from None
+            if backend not in ("postgresql", "postgres"):
+                raise ValueError(f"URL #{number} must be a PostgreSQL URL, not {backend!r}")
+        return value
 
     @field_validator("REDIS_URL")
     @classmethod

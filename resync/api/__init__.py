@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from resync.api.app import create_app
 from resync.api.deps import (
+    DBReadSession,
     DBSession,
     HTTPClient,
     Manager,
     OptionalRedis,
     RedisClient,
+    get_db_read_session,
     get_db_session,
     get_http_client,
     get_manager,
@@ -17,12 +19,14 @@ from resync.api.deps import (
 )
 
 __all__ = [
+    "DBReadSession",
     "DBSession",
     "HTTPClient",
     "Manager",
     "OptionalRedis",
     "RedisClient",
     "create_app",
+    "get_db_read_session",
     "get_db_session",
     "get_http_client",
     "get_manager",

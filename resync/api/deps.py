@@ -28,11 +28,13 @@ from resync.core.pools.factory import DATABASE_POOL, HTTP_POOL, REDIS_POOL
 from resync.core.pools.pool_manager import ConnectionPoolManager
 
 __all__ = [
+    "DBReadSession",
     "DBSession",
     "HTTPClient",
     "Manager",
     "OptionalRedis",
     "RedisClient",
+    "get_db_read_session",
     "get_db_session",
     "get_http_client",
     "get_manager",
@@ -74,6 +76,16 @@ async def get_db_session(manager: Manager) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_db_read_session(manager: Manager) -> AsyncIterator[AsyncSession]:
+    """A session for reads: on a healthy read replica (``DATABASE_REPLICA_URLS``),
+    else on the primary. Use :data:`DBSession` for anything that writes."""
+    pool = _pool(manager, DATABASE_POOL)
+    read_session = getattr(pool, "get_read_session", None)
+    lease = read_session() if read_session is not None else pool.get_connection()
+    async with lease as session:
+        yield session
+
+
 async def get_redis(manager: Manager) -> AsyncIterator[Redis]:
     """A Redis client bound to one connection for this request (503 if Redis is off)."""
     async with _pool(manager, REDIS_POOL).get_connection() as client:
@@ -96,6 +108,7 @@ async def get_http_client(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
 
 
 DBSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
+DBReadSession = Annotated[AsyncSession, Depends(get_db_read_session, scope="function")]
 RedisClient = Annotated[Redis, Depends(get_redis, scope="function")]
 OptionalRedis = Annotated[Redis | None, Depends(get_optional_redis, scope="function")]
 HTTPClient = Annotated[httpx.AsyncClient, Depends(get_http_client, scope="function")]

@@ -1,6 +1,7 @@
 """Build the pools that settings enable.
 
-- ``database``: always (embedded SQLite by default);
+- ``database``: always (embedded SQLite by default), with its PgBouncer mode
+  (``DB_POOL_PGBOUNCER``) and read replicas (``DATABASE_REPLICA_URLS``);
 - ``redis``: when ``REDIS_URL`` is set and ``REDIS_POOL_MIN_SIZE`` > 0;
 - ``tws_http``: when ``TWS_BASE_URL`` is set.
 
@@ -98,6 +99,18 @@ def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:
     )
 
 
+def _database_options(source: object) -> dict[str, Any]:
+    """PgBouncer mode and read replicas of the database pool, when set."""
+    options: dict[str, Any] = {}
+    pgbouncer = read_setting(source, "DB_POOL_PGBOUNCER", "off")
+    if pgbouncer != "off":
+        options["pgbouncer"] = pgbouncer
+    replicas = _secret_text(getattr(source, "DATABASE_REPLICA_URLS", None))
+    if replicas:
+        options["replica_urls"] = replicas
+    return options
+
+
 def pool_specs(source: object) -> list[PoolSpec]:
     """The pools ``source`` (a :class:`~resync.settings.Settings`) enables, in start order."""
     specs = [
@@ -107,7 +120,7 @@ def pool_specs(source: object) -> list[PoolSpec]:
             _config(source, DATABASE_POOL, "DB"),
             _secret_text(getattr(source, "DATABASE_URL", None)) or "sqlite+aiosqlite:///:memory:",
             True,
-            {},
+            _database_options(source),
         )
     ]
     redis_url = _secret_text(getattr(source, "REDIS_URL", None))
