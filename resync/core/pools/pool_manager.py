@@ -267,8 +267,8 @@ class ConnectionPoolManager:
         """
         if self._close_task is None:
             if not self._initialized:
+                # Nothing is open; as in the seed, this does not end the manager.
                 logger.debug("close_all() on a pool manager that never started")
-                self._shutdown = True
                 return {}
             self._shutdown = True
             self._close_task = asyncio.ensure_future(self._close(drain_timeout))
