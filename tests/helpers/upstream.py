@@ -58,6 +58,8 @@ class Upstream:
         self.failing = False
         self.requests = 0
         self.connections = 0
+        #: Connections open right now (a gauge; ``reset_counts`` leaves it).
+        self.open_connections = 0
         self.paths: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -128,6 +130,7 @@ class Upstream:
         assert task is not None
         self._handlers.add(task)
         self.connections += 1
+        self.open_connections += 1
         try:
             while await self._serve_one(reader, writer):
                 pass
@@ -135,6 +138,7 @@ class Upstream:
             pass
         finally:
             self._handlers.discard(task)
+            self.open_connections -= 1
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
