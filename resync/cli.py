@@ -74,8 +74,12 @@ def serve(
         typer.Option(min=1, help="Worker processes, each with its own pools (default: WORKERS)."),
     ] = None,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    loop: Annotated[
+        str,
+        typer.Option(help="Event loop: auto (uvloop when installed), uvloop or asyncio."),
+    ] = "auto",
 ) -> None:
-    """Run the service with uvicorn (uvloop when installed).
+    """Run the service with uvicorn (uvloop when installed, unless --loop says otherwise).
 
     SIGTERM stops accepting connections, lets requests in flight finish, then
     drains and closes the pools (POOL_DRAIN_TIMEOUT seconds at most).
@@ -84,12 +88,7 @@ def serve(
 
     settings = _settings()
     _configure_logging(settings.LOG_LEVEL)
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
+    loop = _event_loop(loop)
     bind_host = host or settings.HOST
     workers = workers or settings.WORKERS
     bind_port = settings.PORT if port is None else port
@@ -114,6 +113,25 @@ def serve(
         timeout_graceful_shutdown=max(1, int(settings.POOL_DRAIN_TIMEOUT)),
         lifespan="on",
     )
+
+
+def _event_loop(choice: str) -> str:
+    """The uvicorn loop for ``--loop``: ``auto`` takes uvloop when it is installed."""
+    if choice not in ("auto", "uvloop", "asyncio"):
+        errors.print(f"[bold red]error:[/] --loop must be auto, uvloop or asyncio, not {choice!r}")
+        raise typer.Exit(2)
+    if choice == "asyncio":
+        return choice
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if choice == "uvloop":
+            errors.print(
+                "[bold red]error:[/] --loop uvloop needs uvloop: pip install 'resync[uvloop]'"
+            )
+            raise typer.Exit(2) from None
+        return "asyncio"
+    return "uvloop"
 
 
 def _note_sigterm(signum: int, frame: object) -> None:
@@ -251,6 +269,100 @@ def show_config(
     explicit = settings.model_fields_set
     for name, value in values.items():
         table.add_row(name, _cell(value), "set" if name in explicit else "default")
+    console.print(table)
+
+
+@app.command()
+def bench(
+    duration: Annotated[
+        float, typer.Option(min=0.1, help="Seconds measured per pool, operation and concurrency.")
+    ] = 1.0,
+    concurrency: Annotated[
+        str, typer.Option(help="Comma-separated numbers of concurrent callers.")
+    ] = "1,10,100",
+    pool: Annotated[
+        list[str] | None, typer.Option("--pool", help="Only this pool (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Benchmark the configured pools: a lease alone and a lease with a round trip.
+
+    Opens each pool the settings enable (one at a time), runs closed-loop
+    callers for --duration seconds at each concurrency, and prints ops/s,
+    p50, p99, p99/mean and errors. For the comparison with the drivers' own
+    pools, see `make bench` in the repository.
+    """
+    from rich.progress import Progress
+
+    from resync.benchmark import PoolBenchResult, bench_settings
+    from resync.core.pools.factory import pool_specs
+
+    settings = _settings()
+    _configure_logging("WARNING")
+    try:
+        levels = [int(part) for part in concurrency.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        errors.print("[bold red]error:[/] --concurrency takes positive integers, e.g. 1,10,100")
+        raise typer.Exit(2)
+    names = [spec.name for spec in pool_specs(settings) if not pool or spec.name in pool]
+    results: list[PoolBenchResult] = []
+    with Progress(console=errors, transient=True, disable=as_json) as progress:
+        task = progress.add_task("benchmarking pools", total=len(names) * 2 * len(levels))
+
+        def advance(result: PoolBenchResult) -> None:
+            progress.update(
+                task,
+                advance=1,
+                description=f"{result.pool}: {result.operation} x{result.concurrency}",
+            )
+
+        try:
+            results = asyncio.run(
+                bench_settings(
+                    settings,
+                    pools=pool or (),
+                    concurrency=levels,
+                    duration=duration,
+                    on_result=advance,
+                )
+            )
+        except ResyncError as exc:
+            errors.print(f"[bold red]error:[/] {_masked(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
+    if as_json:
+        rows = [
+            {
+                "pool": r.pool,
+                "backend": r.backend,
+                "operation": r.operation,
+                "concurrency": r.concurrency,
+                "ops_per_s": round(r.ops_per_s, 1),
+                "p50_ms": round(r.p50 * 1e3, 4),
+                "p99_ms": round(r.p99 * 1e3, 4),
+                "p99_over_mean": round(r.p99_over_mean, 3),
+                "errors": r.errors,
+            }
+            for r in results
+        ]
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"resync bench ({duration:g} s per row)")
+    for column in ("pool", "operation", "callers", "ops/s", "p50 ms", "p99 ms", "p99/mean"):
+        table.add_column(column, justify="left" if column in ("pool", "operation") else "right")
+    table.add_column("errors", justify="right")
+    for r in results:
+        table.add_row(
+            r.pool,
+            r.operation,
+            str(r.concurrency),
+            f"{r.ops_per_s:,.0f}",
+            f"{r.p50 * 1e3:.3f}",
+            f"{r.p99 * 1e3:.3f}",
+            f"{r.p99_over_mean:.2f}",
+            f"[red]{r.errors}[/]" if r.errors else "0",
+        )
     console.print(table)
 
 
