@@ -27,7 +27,10 @@ redis-py neither closes idle connections nor replaces old ones; a maintenance
 task does: idle connections above ``min_size`` are closed after
 ``idle_timeout``; connections older than ``max_lifetime`` (jittered by -5%) are
 closed when next returned or found idle, and the pool is topped back up to
-``min_size``. ``0`` disables either rule.
+``min_size``. ``0`` disables either rule. ``drain()`` and ``resize()`` work on
+the same slots (:mod:`~resync.core.pools.redis_live`). Sentinel and Cluster
+URLs have their own pools; :func:`~resync.core.pools.redis_url.create_redis_pool`
+picks the class from the URL.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool as DriverPool
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -50,6 +54,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.redis_live import drain_slots, resize_slots
 from resync.core.pools.redis_slot import (
     LeasedRedis,
     Slot,
@@ -82,6 +87,8 @@ class RedisConnectionPool(ConnectionPool[Redis]):
 
     backend = "redis"
     errors = REDIS_ERRORS
+    #: URL schemes this class accepts (a Sentinel subclass takes its own).
+    url_schemes: ClassVar[frozenset[str]] = _SCHEMES
 
     def __init__(
         self,
@@ -94,10 +101,14 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         if not isinstance(redis_url, str) or not redis_url.strip():
             raise PoolConfigError("redis_url cannot be empty: pass redis://host:port/db")
         scheme = urlsplit(redis_url.strip()).scheme
-        if scheme not in _SCHEMES:
+        if scheme not in self.url_schemes:
+            hint = ""
+            if scheme in ("redis+sentinel", "redis+cluster"):
+                hint = "; build pools for Sentinel and Cluster URLs with create_redis_pool()"
             raise PoolConfigError(
-                f"redis_url must start with redis://, rediss:// or unix://, got "
-                f"{mask_url(redis_url)!r}"
+                f"redis_url of {type(self).__name__} must start with "
+                f"{', '.join(sorted(s + '://' for s in self.url_schemes))}, got "
+                f"{mask_url(redis_url)!r}{hint}"
             )
         reserved = _RESERVED.intersection(client_options)
         if reserved:
@@ -109,7 +120,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         self.redis_url = redis_url.strip()
         self.client_options = client_options
         self.circuit_breaker = build_circuit_breaker(config.pool_name, circuit_breaker)
-        self._connection_pool: BlockingConnectionPool | None = None
+        self._connection_pool: DriverPool | None = None
         self._idle: list[Slot] = []  # open, not leased; the end is the most recently used
         self._closed: list[Slot] = []  # socket closed; reopened before the next use
         self._slots: list[Slot] = []  # every slot, leased or not (at most max_size)
@@ -137,12 +148,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             ),
         }
         options.update(self.client_options)
-        self._connection_pool = BlockingConnectionPool.from_url(
-            self.redis_url,
-            max_connections=cfg.max_size,
-            timeout=cfg.connection_timeout,
-            **options,
-        )
+        self._connection_pool = self._build_driver(options)
         # Even with min_size=0 one connection is opened: a bad URL, password or
         # TLS setting must fail initialize(), not the first request.
         for _ in range(max(cfg.min_size, 1)):
@@ -153,6 +159,15 @@ class RedisConnectionPool(ConnectionPool[Redis]):
                 self._idle.append(slot)
         self._maintenance = asyncio.create_task(
             self._maintain(), name=f"resync-redis-maintenance-{self.name}"
+        )
+
+    def _build_driver(self, options: dict[str, Any]) -> DriverPool:
+        """The redis-py pool that parses the URL and makes connection objects."""
+        return BlockingConnectionPool.from_url(
+            self.redis_url,
+            max_connections=self.config.max_size,
+            timeout=self.config.connection_timeout,
+            **options,
         )
 
     async def _close_pool(self) -> None:
@@ -349,6 +364,14 @@ class RedisConnectionPool(ConnectionPool[Redis]):
 
     def _idle_connections(self) -> int:
         return len(self._idle)
+
+    # --- live operations (resync.core.pools.redis_live) ---------------------------------
+
+    async def _replace_connections(self, interval: float | None) -> int:
+        return await drain_slots(self, interval)
+
+    async def _apply_resize(self) -> None:
+        await resize_slots(self)
 
     # --- errors --------------------------------------------------------------------------
 
