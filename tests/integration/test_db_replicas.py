@@ -162,6 +162,21 @@ async def test_reads_take_turns_and_avoid_the_busier_replica(
     assert [r["reads"] for r in replica_details(pool)] == [6, 6]
 
 
+async def test_drain_replaces_the_replica_connections_too(
+    make_pool: MakePool, standby: PgStandby
+) -> None:
+    # No background check during the test: it would hold the replica's connection.
+    pool = await make_pool(replica_url(standby), replica_check_interval=30.0)
+    [replica_pool] = pool.replicas
+    async with pool.get_read_session() as session:
+        old_pid = await session.scalar(text("SELECT pg_backend_pid()"))
+    assert await pool.drain(0.05) == 2  # one primary connection, one replica connection
+    assert replica_pool.get_stats_snapshot()["details"]["generation"] == 1
+    async with pool.get_read_session() as session:
+        assert await in_recovery(session)
+        assert await session.scalar(text("SELECT pg_backend_pid()")) != old_pid
+
+
 async def test_a_closed_pool_refuses_read_sessions_and_closes_its_replicas(
     make_pool: MakePool, standby: PgStandby
 ) -> None:
