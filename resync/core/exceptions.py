@@ -30,6 +30,7 @@ The tree::
     │   ├── DatabasePoolOverloadedError (+ PoolOverloadedError)
     │   ├── DatabaseUnavailableError   (+ BackendUnavailableError)
     │   ├── DatabaseSetupError         (+ PoolSetupError)
+    │   ├── DatabaseStatementTimeoutError (TimeoutError)  no answer within the driver's command timeout
     │   ├── DatabaseCommitUnknownError           connection lost during COMMIT: outcome unknown
     │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
     │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
@@ -77,6 +78,7 @@ __all__ = [
     "DatabasePoolOverloadedError",
     "DatabasePoolTimeoutError",
     "DatabaseSetupError",
+    "DatabaseStatementTimeoutError",
     "DatabaseUnavailableError",
     "ErrorFamily",
     "HTTPConnectError",
@@ -234,6 +236,14 @@ class DatabaseUnavailableError(DatabaseError, BackendUnavailableError):
 
 class DatabaseSetupError(DatabaseError, PoolSetupError):
     """A database pool could not be set up ("Failed to setup ...")."""
+
+
+class DatabaseStatementTimeoutError(DatabaseError, TimeoutError):
+    """The server did not answer a statement within the driver's command timeout.
+
+    (asyncpg's ``command_timeout``.) The connection is discarded when the
+    lease ends. Also a builtin :class:`TimeoutError`, as the driver's was.
+    """
 
 
 class DatabaseCommitUnknownError(DatabaseError):

@@ -121,6 +121,14 @@ class HeldConnection:
         """Has the driver seen the server close this connection?"""
         return self.is_closed is not None and self.is_closed()
 
+    def abort(self) -> None:
+        """Close the driver's socket now (asyncpg ``terminate()``), leaving
+        SQLAlchemy's objects as they are: their next use fails at once, with
+        no I/O, instead of waiting on a connection in an unknown state."""
+        terminate = getattr(self.driver, "terminate", None)
+        if callable(terminate) and not self.dead():
+            terminate()
+
     def reset(self, *, rollback: bool = False) -> bool:
         """Undo what a lease left behind, as SQLAlchemy's pool does on check-in.
 

@@ -16,9 +16,14 @@ here so the rules live in one place:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["READ_ONLY_SQLSTATE", "connection_lost", "sqlstate_of"]
+from resync.core.exceptions import DatabaseStatementTimeoutError, ResyncError
+
+__all__ = ["READ_ONLY_SQLSTATE", "connection_lost", "sqlstate_of", "statement_error_hook"]
 
 #: SQLSTATE of "cannot execute <statement> in a read-only transaction".
 READ_ONLY_SQLSTATE = "25006"
@@ -56,3 +61,48 @@ def connection_lost(error: BaseException) -> bool:
     if isinstance(error, DBAPIError):
         return bool(error.connection_invalidated)
     return isinstance(error, OSError | TimeoutError)
+
+
+def statement_error_hook(
+    pool_name: str, scrub: Callable[[object], str]
+) -> Callable[[ExceptionContext], BaseException | None]:
+    """A SQLAlchemy ``handle_error`` listener for statements cut short.
+
+    - The driver's own statement timeout (asyncpg's ``command_timeout``) comes
+      out as :class:`~resync.core.exceptions.DatabaseStatementTimeoutError`,
+      a typed error of the pool, instead of a bare ``TimeoutError``.
+    - After either, or a statement cancelled mid-flight, SQLAlchemy discards
+      the connection, first saying goodbye to the server and waiting up to
+      2 s for an answer that a dead or silent network never sends. The
+      socket is aborted here instead, so the timeout or cancellation takes
+      effect at once (the server rolls back the session when it closes).
+    """
+
+    def handle(context: ExceptionContext) -> BaseException | None:
+        error = context.original_exception
+        if not isinstance(error, Exception | TimeoutError):
+            _abort_driver(context.connection)
+            return None
+        if isinstance(error, TimeoutError) and not isinstance(error, ResyncError):
+            _abort_driver(context.connection)
+            return DatabaseStatementTimeoutError(
+                f"Database operation failed: the server did not answer within the driver's "
+                f"command timeout: {scrub(context.statement or 'COMMIT')[:200]} (pool "
+                f"'{pool_name}'); the connection is discarded",
+                pool_name=pool_name,
+            )
+        return None
+
+    return handle
+
+
+def _abort_driver(connection: Connection | None) -> None:
+    try:
+        if connection is None or connection.invalidated:
+            return
+        driver = connection.connection.driver_connection
+    except Exception:  # already closed: nothing to abort
+        return
+    terminate = getattr(driver, "terminate", None)  # asyncpg: closes the socket, no I/O
+    if callable(terminate):
+        terminate()

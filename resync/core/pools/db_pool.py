@@ -25,14 +25,14 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from resync.core.exceptions import DATABASE_ERRORS, DatabaseCommitUnknownError
+from resync.core.exceptions import DATABASE_ERRORS
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.pools.db_connections import ConnectionStock, HeldConnection
 from resync.core.pools.db_credentials import CredentialsProvider
-from resync.core.pools.db_errors import connection_lost
+from resync.core.pools.db_errors import statement_error_hook
+from resync.core.pools.db_release import DatabaseLeaseEnd
 from resync.core.pools.db_topology import DatabaseTopology
 from resync.core.pools.db_url import (
     DatabaseTarget,
@@ -47,39 +47,6 @@ __all__ = ["DatabaseConnectionPool"]
 logger = logging.getLogger("resync.pool")
 
 _SELECT_ONE = text("SELECT 1")
-
-
-class _CommitFailed(Exception):
-    """``COMMIT`` itself failed (``__cause__``), not the flush before it."""
-
-
-# Run inside SQLAlchemy's greenlet: one switch for the whole step.
-def _commit_and_close(session: Session, held: HeldConnection | None) -> bool:
-    session.flush()  # a failure here comes before COMMIT: nothing was committed
-    try:
-        session.commit()
-    except Exception as exc:
-        raise _CommitFailed() from exc
-    session.close()
-    try:
-        return held is None or held.reset()
-    except Exception:  # committed all the same; the connection is just not reused
-        return False
-
-
-def _rollback_and_close(session: Session, held: HeldConnection | None) -> Exception | None:
-    try:
-        session.rollback()
-        session.close()
-        if held is not None and not held.reset(rollback=True):
-            return RuntimeError("the connection could not be reset")
-    except Exception as exc:
-        try:
-            session.close()
-        except Exception as close_exc:
-            logger.debug("closing a session after a failed rollback: %s", type(close_exc).__name__)
-        return exc
-    return None
 
 
 def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -100,7 +67,7 @@ def _ping_after(
     return ping_idle_after
 
 
-class DatabaseConnectionPool(DatabaseTopology, ConnectionPool[AsyncSession]):
+class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[AsyncSession]):
     """Leases ``AsyncSession`` objects, each bound to one connection held for the lease.
 
     ``async with pool.get_connection() as session`` checks a connection out
@@ -108,9 +75,20 @@ class DatabaseConnectionPool(DatabaseTopology, ConnectionPool[AsyncSession]):
     it. A clean exit commits; any exception rolls back: SQLAlchemy errors come
     out as ``DatabaseError("Database operation failed: ...")`` (counted in
     ``connection_errors``), other exceptions unchanged. A failing commit raises
-    that ``DatabaseError``; a failing rollback is logged, never hides the
-    error that caused it, and the connection is discarded. The session is
-    unbound when the lease ends, so a kept reference cannot reuse it.
+    that ``DatabaseError``, or :class:`~resync.core.exceptions.DatabaseCommitUnknownError`
+    when the connection was lost with the ``COMMIT`` in flight (the outcome
+    is unknown: see :mod:`~resync.core.pools.db_release`); a failing rollback
+    is logged, never hides the error that caused it, and the connection is
+    discarded. The session is unbound when the lease ends, so a kept
+    reference cannot reuse it.
+
+    Statements: a server or network that stops answering holds a statement
+    (``COMMIT`` included) as long as the driver waits -- set asyncpg's
+    ``command_timeout`` in ``connect_args`` to bound it; it then raises
+    :class:`~resync.core.exceptions.DatabaseStatementTimeoutError` (also a
+    ``TimeoutError``) and the connection is aborted at once, not closed
+    politely into the silence. The ``ROLLBACK`` the pool sends itself is
+    bounded by ``connection_timeout``.
 
     ``database_url`` is a ``str``, pydantic ``SecretStr`` or SQLAlchemy
     ``URL``; sync driver names are upgraded (``sqlite://`` -> aiosqlite,
@@ -162,8 +140,9 @@ class DatabaseConnectionPool(DatabaseTopology, ConnectionPool[AsyncSession]):
     with a busy timeout; "database is locked" comes out as a ``DatabaseError``
     naming the pool.
 
-    Cancellation: a lease cancelled while checking out, committing or rolling
-    back discards its connection (its state is unknown) and frees its slot.
+    Cancellation: a lease cancelled while checking out, running a statement,
+    committing or rolling back discards its connection (its state is
+    unknown; no ``ROLLBACK`` is waited for) and frees its slot.
     ``close()`` drains the leases, then closes every connection and the engine;
     a lease still out after the drain has its connection terminated.
 
@@ -294,6 +273,9 @@ class DatabaseConnectionPool(DatabaseTopology, ConnectionPool[AsyncSession]):
             stats.connection_closures += 1
 
         event.listen(engine.sync_engine, "handle_error", self._on_driver_error)
+        event.listen(
+            engine.sync_engine, "handle_error", statement_error_hook(self.name, self._scrub)
+        )
         event.listen(engine.sync_engine.pool, "connect", count_open)
         event.listen(engine.sync_engine.pool, "close", count_closed)
         if target.backend == "sqlite" and not target.is_memory:
@@ -363,87 +345,6 @@ class DatabaseConnectionPool(DatabaseTopology, ConnectionPool[AsyncSession]):
         session = self._sessionmaker(bind=held.conn)
         self._leased[session] = held
         return session
-
-    async def _release_connection(self, session: AsyncSession, error: BaseException | None) -> None:
-        held = self._leased.pop(session, None)
-        reusable = False
-        failure: Exception | None = None
-        try:
-            if error is None:
-                try:
-                    reusable = await session.run_sync(_commit_and_close, held)
-                except _CommitFailed as exc:
-                    failure = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-                    reusable = await self._roll_back(session, held, failure)
-                except Exception as exc:  # the flush: COMMIT was never sent
-                    failure = exc
-                    reusable = await self._roll_back(session, held, exc)
-            else:
-                if isinstance(error, SQLAlchemyError):
-                    self.stats.connection_errors += 1
-                reusable = await self._roll_back(session, held, error)
-        finally:
-            # A reference kept past the lease must not reach this connection again.
-            session.bind = session.sync_session.bind = None
-            if held is not None:  # None: cut off by close() after the drain
-                self._stock.check_in(held, reusable)
-        if failure is not None:
-            self._raise_commit_failure(failure, in_commit=not reusable and connection_lost(failure))
-
-    def _raise_commit_failure(self, failure: Exception, *, in_commit: bool) -> None:
-        if in_commit:
-            self.stats.connection_errors += 1
-            raise DatabaseCommitUnknownError(
-                f"Database operation failed: the connection was lost during COMMIT, so the "
-                f"transaction may or may not have been committed: {type(failure).__name__} "
-                f"{self._scrub(failure)} (pool '{self.name}'). Check for its effect before "
-                "retrying it",
-                pool_name=self.name,
-            ) from failure
-        if not isinstance(failure, SQLAlchemyError):
-            raise failure
-        self.stats.connection_errors += 1
-        raise self.errors.base(
-            f"Database operation failed: commit failed and was rolled back: "
-            f"{self._scrub(failure)} (pool '{self.name}')",
-            pool_name=self.name,
-        ) from failure
-
-    async def _roll_back(
-        self, session: AsyncSession, held: HeldConnection | None, cause: BaseException
-    ) -> bool:
-        """Roll back and close ``session``; False: discard the connection.
-
-        After an error that left the exchange unfinished (cancelled, timed out,
-        disconnected) the connection is cut off first, without a ``ROLLBACK``:
-        its state is unknown, a dead or silent network would make the
-        ``ROLLBACK`` wait, and the server rolls back a closed session anyway.
-        Otherwise the ``ROLLBACK`` gets ``connection_timeout``; past it the
-        connection is cut off.
-        """
-        if connection_lost(cause):
-            if held is not None:
-                self._stock.terminate(held)
-            await session.run_sync(_rollback_and_close, None)
-            return False
-        timeout = self.config.connection_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                problem = await session.run_sync(_rollback_and_close, held)
-        except TimeoutError:
-            if held is not None:
-                self._stock.terminate(held)
-            await session.run_sync(_rollback_and_close, None)
-            problem = TimeoutError(f"no answer to ROLLBACK within {timeout:g}s")
-        if problem is None:
-            return True
-        logger.warning(
-            "pool '%s': rollback after %s failed; discarding the connection: %s",
-            self.name,
-            type(cause).__name__,
-            self._scrub(problem),
-        )
-        return False
 
     # --- errors and health -----------------------------------------------------------------
 

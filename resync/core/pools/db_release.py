@@ -1,0 +1,175 @@
+"""How a database lease ends: commit or roll back, and what to tell the caller.
+
+A mixin of :class:`~resync.core.pools.db_pool.DatabaseConnectionPool`. The
+rules, in the order they apply:
+
+- a clean exit flushes, then commits. A failing flush or a ``COMMIT`` the
+  server refused rolls back and raises ``DatabaseError("Database operation
+  failed: commit failed and was rolled back ...")``: nothing was committed.
+- a ``COMMIT`` whose answer never came (the connection broke, the driver's
+  command timeout fired) raises
+  :class:`~resync.core.exceptions.DatabaseCommitUnknownError`: the server may
+  or may not have committed. This is the only error after which a
+  transaction's fate is open.
+- an exception out of the lease body rolls back. If the exception says the
+  exchange with the server was cut short (cancelled, timed out,
+  disconnected) the connection is aborted instead -- no ``ROLLBACK`` is sent
+  into a connection in an unknown state, nor waited for on a silent network;
+  the server rolls back a session whose socket closed. Otherwise the
+  ``ROLLBACK`` gets ``connection_timeout`` before the connection is aborted.
+- whatever happens, the connection goes back to the stock (kept or closed),
+  and the session is unbound, so a reference kept past the lease is inert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, ClassVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from resync.core.exceptions import DatabaseCommitUnknownError, ErrorFamily
+from resync.core.pools.db_errors import connection_lost
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from resync.core.pools.config import ConnectionPoolConfig
+    from resync.core.pools.db_connections import ConnectionStock, HeldConnection
+    from resync.core.pools.stats import ConnectionPoolStats
+
+__all__ = ["DatabaseLeaseEnd"]
+
+logger = logging.getLogger("resync.pool")
+
+
+class _CommitFailed(Exception):
+    """``COMMIT`` itself failed (``__cause__``), not the flush before it."""
+
+
+# Run inside SQLAlchemy's greenlet: one switch for the whole step.
+def _commit_and_close(session: Session, held: HeldConnection | None) -> bool:
+    session.flush()  # a failure here comes before COMMIT: nothing was committed
+    try:
+        session.commit()
+    except Exception as exc:
+        raise _CommitFailed() from exc
+    session.close()
+    try:
+        return held is None or held.reset()
+    except Exception:  # committed all the same; the connection is just not reused
+        return False
+
+
+def _rollback_and_close(session: Session, held: HeldConnection | None) -> Exception | None:
+    try:
+        session.rollback()
+        session.close()
+        if held is not None and not held.reset(rollback=True):
+            return RuntimeError("the connection could not be reset")
+    except Exception as exc:
+        try:
+            session.close()
+        except Exception as close_exc:
+            logger.debug("closing a session after a failed rollback: %s", type(close_exc).__name__)
+        return exc
+    return None
+
+
+class DatabaseLeaseEnd:
+    """``_release_connection`` of the database pool; see the module docstring."""
+
+    errors: ClassVar[ErrorFamily]
+
+    if TYPE_CHECKING:
+        config: ConnectionPoolConfig
+        stats: ConnectionPoolStats
+        _stock: ConnectionStock
+        _leased: dict[AsyncSession, HeldConnection]
+
+        @property
+        def name(self) -> str: ...
+        def _scrub(self, error: object) -> str: ...
+
+    async def _release_connection(self, session: AsyncSession, error: BaseException | None) -> None:
+        held = self._leased.pop(session, None)
+        reusable = False
+        failure: Exception | None = None
+        try:
+            if error is None:
+                try:
+                    reusable = await session.run_sync(_commit_and_close, held)
+                except _CommitFailed as exc:
+                    failure = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                    reusable = await self._roll_back(session, held, failure)
+                except Exception as exc:  # the flush: COMMIT was never sent
+                    failure = exc
+                    reusable = await self._roll_back(session, held, exc)
+            else:
+                if isinstance(error, SQLAlchemyError):
+                    self.stats.connection_errors += 1
+                reusable = await self._roll_back(session, held, error)
+        finally:
+            # A reference kept past the lease must not reach this connection again.
+            session.bind = session.sync_session.bind = None
+            if held is not None:  # None: cut off by close() after the drain
+                self._stock.check_in(held, reusable)
+        if failure is not None:
+            self._raise_commit_failure(failure, in_commit=not reusable and connection_lost(failure))
+
+    def _raise_commit_failure(self, failure: Exception, *, in_commit: bool) -> None:
+        if in_commit:
+            self.stats.connection_errors += 1
+            raise DatabaseCommitUnknownError(
+                f"Database operation failed: the connection was lost during COMMIT, so the "
+                f"transaction may or may not have been committed: {type(failure).__name__} "
+                f"{self._scrub(failure)} (pool '{self.name}'). Check for its effect before "
+                "retrying it",
+                pool_name=self.name,
+            ) from failure
+        if not isinstance(failure, SQLAlchemyError):
+            raise failure
+        self.stats.connection_errors += 1
+        raise self.errors.base(
+            f"Database operation failed: commit failed and was rolled back: "
+            f"{self._scrub(failure)} (pool '{self.name}')",
+            pool_name=self.name,
+        ) from failure
+
+    async def _roll_back(
+        self, session: AsyncSession, held: HeldConnection | None, cause: BaseException
+    ) -> bool:
+        """Roll back and close ``session``; False: discard the connection.
+
+        After an error that left the exchange unfinished (cancelled, timed out,
+        disconnected) the connection is cut off first, without a ``ROLLBACK``:
+        its state is unknown, a dead or silent network would make the
+        ``ROLLBACK`` wait, and the server rolls back a closed session anyway.
+        Otherwise the ``ROLLBACK`` gets ``connection_timeout``; past it the
+        connection is cut off.
+        """
+        if connection_lost(cause):
+            if held is not None:
+                held.abort()
+            await session.run_sync(_rollback_and_close, None)
+            return False
+        timeout = self.config.connection_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                problem = await session.run_sync(_rollback_and_close, held)
+        except TimeoutError:
+            if held is not None:
+                held.abort()
+            await session.run_sync(_rollback_and_close, None)
+            problem = TimeoutError(f"no answer to ROLLBACK within {timeout:g}s")
+        if problem is None:
+            return True
+        logger.warning(
+            "pool '%s': rollback after %s failed; discarding the connection: %s",
+            self.name,
+            type(cause).__name__,
+            self._scrub(problem),
+        )
+        return False
