@@ -16,9 +16,11 @@ __all__ = ["MASK", "mask_url", "scrub", "url_secrets"]
 MASK = "***"
 
 # user:password@ inside the authority of any URL-like string, also when the
-# string is too broken for urlsplit.
+# string is too broken for urlsplit. The password runs to the LAST "@" before
+# the path: redis-py and httpx accept an unencoded "@" in a password (they
+# split at the last one), so masking up to the first would show the rest.
 _USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/?#\s]*)@"
 )
 # Query-string secrets (?password=..., &token=...).
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|api_key)=)[^&\s]*")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.redact import mask_url
 
 __all__ = [
     "DATABASE_POOL",
@@ -78,6 +79,15 @@ class PoolSpec:
     url: str
     required: bool
     options: dict[str, Any]
+
+    def __repr__(self) -> str:
+        # The URL may carry a password and the options a key or a client
+        # certificate: show the URL masked and only the names of the options.
+        return (
+            f"PoolSpec(name={self.name!r}, backend={self.backend!r}, "
+            f"url={mask_url(self.url)!r}, required={self.required!r}, "
+            f"options={sorted(self.options)!r}, config={self.config!r})"
+        )
 
 
 def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:

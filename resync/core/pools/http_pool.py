@@ -77,7 +77,16 @@ def _validate_base_url(base_url: object) -> str:
     if not isinstance(base_url, str) or not base_url.strip():
         raise PoolConfigError("base_url cannot be empty: pass http(s)://host[:port][/prefix]")
     url = base_url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number raises here, not at the first request
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        # from None: a parser's message may quote part of the URL.
+        raise PoolConfigError(
+            f"base_url {mask_url(url)!r} is not a valid URL (check the brackets of an IPv6 "
+            "host and the port)"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PoolConfigError(
             f"base_url must be an http:// or https:// URL with a host, got {mask_url(url)!r}"

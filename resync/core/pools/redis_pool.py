@@ -100,7 +100,16 @@ class RedisConnectionPool(ConnectionPool[Redis]):
     ) -> None:
         if not isinstance(redis_url, str) or not redis_url.strip():
             raise PoolConfigError("redis_url cannot be empty: pass redis://host:port/db")
-        scheme = urlsplit(redis_url.strip()).scheme
+        try:
+            parts = urlsplit(redis_url.strip())
+            _ = parts.port  # a port that is not a number raises here, not at connect
+        except ValueError:
+            # from None: a parser's message may quote part of the URL.
+            raise PoolConfigError(
+                f"redis_url {mask_url(redis_url)!r} is not a valid URL (check the brackets "
+                "of an IPv6 host and the port); write it as redis://[[user]:password@]host:port/db"
+            ) from None
+        scheme = parts.scheme
         if scheme not in self.url_schemes:
             hint = ""
             if scheme in ("redis+sentinel", "redis+cluster"):

@@ -1,0 +1,1 @@
+"""Security tests: secrets never shown, TLS pass-through, hostile input."""
