@@ -40,10 +40,11 @@ def cluster_tools_available() -> bool:
     return bool(shutil.which("redis-server") and shutil.which("redis-cli"))
 
 
-def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
+def redis_cli(port: int, *args: str, password: str | None = None, timeout: float = 10.0) -> str:
     """Run ``redis-cli -p port args...`` on 127.0.0.1 and return its output."""
+    auth = ["-a", password, "--no-auth-warning"] if password else []
     done = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *auth, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -113,8 +114,10 @@ class SentinelGroup:
         wait_for_port(self.sentinel_port)
         wait_until(lambda: self._replica_linked(self.replica), "replica sync")
         wait_until(
-            lambda: str(self.replica.port)
-            in redis_cli(self.sentinel_port, "SENTINEL", "REPLICAS", SERVICE),
+            lambda: (
+                str(self.replica.port)
+                in redis_cli(self.sentinel_port, "SENTINEL", "REPLICAS", SERVICE)
+            ),
             "Sentinel discovering the replica",
         )
 
@@ -127,9 +130,7 @@ class SentinelGroup:
         new = self.replica.port if old == self.master.port else self.master.port
         redis_cli(self.sentinel_port, "SENTINEL", "FAILOVER", SERVICE)
         wait_until(lambda: self.master_port() == new, "Sentinel switching master", timeout)
-        wait_until(
-            lambda: redis_cli(new, "ROLE").split()[0] == "master", "promotion", timeout
-        )
+        wait_until(lambda: redis_cli(new, "ROLE").split()[0] == "master", "promotion", timeout)
         return new
 
     def stop(self) -> None:
@@ -162,12 +163,16 @@ class SentinelGroup:
 
 
 class RedisClusterGroup:
-    """Three cluster-enabled masters joined into one cluster covering every slot."""
+    """Three cluster-enabled masters joined into one cluster covering every slot.
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    ``password`` sets ``requirepass`` on every node.
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3, *, password: str | None = None) -> None:
+        self.password = password
         self.servers: list[RedisServer] = []
         for _ in range(masters):
-            server = RedisServer(workdir)
+            server = RedisServer(workdir, password=password)
             # The bus port defaults to port + 10000, which may be taken or
             # beyond 65535 for an ephemeral port: name one explicitly.
             server.extra_args = (
@@ -183,7 +188,9 @@ class RedisClusterGroup:
             self.servers.append(server)
 
     def url(self, password: str | None = None) -> str:
-        auth = f":{password}@" if password else ""
+        """A ``redis+cluster://`` URL naming two of the nodes (the rest are discovered)."""
+        secret = self.password if password is None else password
+        auth = f":{secret}@" if secret else ""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:2])
         return f"redis+cluster://{auth}{hosts}"
 
@@ -191,17 +198,33 @@ class RedisClusterGroup:
         for server in self.servers:
             server.start()
         nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            ["redis-cli", *auth, *create],
             capture_output=True,
             timeout=60,
             check=True,
         )
         for server in self.servers:
             wait_until(
-                lambda port=server.port: "cluster_state:ok" in redis_cli(port, "CLUSTER", "INFO"),
+                lambda port=server.port: (
+                    "cluster_state:ok" in redis_cli(port, "CLUSTER", "INFO", password=self.password)
+                ),
                 f"cluster node {server.port} reporting ok",
             )
+        wait_until(self._nodes_agree, "every node agreeing on the slots")
+
+    def _nodes_agree(self) -> bool:
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        done = subprocess.run(
+            ["redis-cli", *auth, "--cluster", "check", f"127.0.0.1:{self.servers[0].port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return done.returncode == 0 and "All nodes agree" in done.stdout
 
     def stop(self) -> None:
         for server in self.servers:

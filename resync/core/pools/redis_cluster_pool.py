@@ -167,6 +167,11 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+            # aclose() does nothing while the client waits to re-learn the
+            # topology (after a node failed), leaving every socket open.
+            manager = client.nodes_manager
+            await manager.aclose()
+            await manager.aclose("startup_nodes")
 
     # --- leasing -------------------------------------------------------------------
 
@@ -183,8 +188,15 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
     # --- connections -------------------------------------------------------------------
 
     def _nodes(self) -> list[ClusterNode]:
+        """Every node object holding connections: the routing table's and the
+        startup nodes redis-py keeps (distinct objects) for topology refreshes."""
         client = self._client
-        return list(client.get_nodes()) if client is not None else []
+        if client is None:
+            return []
+        nodes = {id(node): node for node in client.get_nodes()}
+        for node in client.nodes_manager.startup_nodes.values():
+            nodes.setdefault(id(node), node)
+        return list(nodes.values())
 
     def _open_connections(self) -> int:
         return sum(1 for node in self._nodes() for c in node._connections if c.is_connected)
@@ -276,7 +288,7 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         return {
             "topology": "cluster",
             "target": self.target.display,
-            "nodes": sorted(node.name for node in nodes),
-            "primaries": sum(1 for node in nodes if node.server_type == "primary"),
+            "nodes": sorted({node.name for node in nodes}),
+            "primaries": len(self._client.get_primaries()) if self._client is not None else 0,
             "open_connections": self._open_connections(),
         }
