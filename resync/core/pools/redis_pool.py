@@ -102,7 +102,8 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             raise PoolConfigError("redis_url cannot be empty: pass redis://host:port/db")
         try:
             parts = urlsplit(redis_url.strip())
-            _ = parts.port  # a port that is not a number raises here, not at connect
+            if parts.scheme in _SCHEMES:  # Sentinel URLs list hosts: redis_url parses them
+                _ = parts.port  # a port that is not a number raises here, not at connect
         except ValueError:
             # from None: a parser's message may quote part of the URL.
             raise PoolConfigError(

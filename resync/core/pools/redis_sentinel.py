@@ -36,7 +36,9 @@ import asyncio
 import logging
 from typing import Any, ClassVar
 
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from resync.core.exceptions import PoolConfigError
@@ -107,6 +109,9 @@ class RedisSentinelPool(RedisConnectionPool):
         sentinel_options: dict[str, Any] = {
             key: options[key] for key in _SENTINEL_SOCKET_OPTIONS if key in options
         }
+        # One attempt per Sentinel: discovery moves on to the next one, and
+        # redis-py's default retries back off for seconds on a dead Sentinel.
+        sentinel_options["retry"] = Retry(NoBackoff(), 0)
         if self._sentinel_password:
             sentinel_options["password"] = self._sentinel_password
         self._sentinel = sentinel = Sentinel(  # type: ignore[no-untyped-call]
