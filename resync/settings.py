@@ -47,6 +47,8 @@ class Settings(BaseSettings):
         case_sensitive=False,
         hide_input_in_errors=True,
         validate_default=True,
+        # "inf" and "nan" parse as floats; no size or timeout can be either.
+        allow_inf_nan=False,
     )
 
     # --- database (always on; embedded SQLite by default) ---
@@ -204,10 +206,13 @@ class Settings(BaseSettings):
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        import httpx
+
         try:
             parts = urlsplit(value)
             _ = parts.port
-        except ValueError:
+            httpx.URL(value)  # what the HTTP pool will parse it with
+        except (ValueError, httpx.InvalidURL):
             raise ValueError("must be a URL such as https://api.example.com") from None
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")

@@ -84,8 +84,8 @@ def _validate_base_url(base_url: object) -> str:
     except (ValueError, httpx.InvalidURL):
         # from None: a parser's message may quote part of the URL.
         raise PoolConfigError(
-            f"base_url {mask_url(url)!r} is not a valid URL (check the brackets of an IPv6 "
-            "host and the port)"
+            f"base_url {mask_url(url)!r} is not a valid URL: check the host (brackets "
+            "around an IPv6 address), the port and for characters that need %-encoding"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PoolConfigError(
