@@ -326,7 +326,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         surplus idle connections. Raises ``PoolConfigError`` for invalid sizes.
         """
         self.config = self.config.replace(min_size=min_size, max_size=max_size)
-        self._gate.resize(max_size)
+        self._gate.resize(self._admission_capacity(max_size))
         await self._apply_resize()
         logger.info("pool '%s' resized to min=%d max=%d", self.name, min_size, max_size)
 
@@ -421,6 +421,10 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
 
     async def _apply_resize(self) -> None:
         """React to new ``config`` sizes (open up to min_size, close surplus idle)."""
+
+    def _admission_capacity(self, max_size: int) -> int:
+        """Leases to admit at once for ``max_size`` (a backend may grant fewer)."""
+        return max_size
 
     def _details(self) -> dict[str, Any]:
         """Backend facts for the stats' ``details`` key (target, driver ...); never secrets."""

@@ -242,6 +242,22 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
     def _idle_connections(self) -> int:
         return len(self._stock.idle)
 
+    def _admission_capacity(self, max_size: int) -> int:
+        target = self._target
+        return 1 if target is not None and target.is_memory else max_size  # see class docs
+
+    async def _apply_resize(self) -> None:
+        """After ``resize()``: idle connections above ``max_size`` close now (oldest
+        first); leased ones above it close once idle past ``idle_timeout``; the
+        pool reopens up to the new ``min_size`` when a slot is free."""
+        stock = self._stock
+        stock.config = self.config
+        surplus = len(stock.idle) + len(self._leased) - self._gate.capacity
+        while surplus > 0 and stock.idle:
+            await stock.close_gracefully(stock.idle.popleft())
+            surplus -= 1
+        await stock.top_up(self._gate, lambda: self._state is PoolState.READY)
+
     def _details(self) -> dict[str, Any]:
         target = self._target
         return {

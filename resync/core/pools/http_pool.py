@@ -25,7 +25,9 @@ error, and with it the request and response.
 
 Environment proxies are not read (``trust_env=False`` on the client): they
 would route requests past the transport wrapper. Pass ``proxy=`` instead.
-``max_lifetime`` does not apply: httpx has no connection lifetime.
+``max_lifetime`` does not apply: httpx has no connection lifetime; ``drain()``
+replaces the connections instead, and ``resize()`` applies to httpx's own
+limits too (:mod:`~resync.core.pools.http_live`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from resync.core.exceptions import (
     TWSConnectionError,
 )
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.http_live import drain_http, resize_http
 from resync.core.pools.http_transport import HTTPCounters, ResilientTransport
 from resync.core.redact import mask_url, url_secrets
 from resync.core.resilience import BreakerSpec, RetryPolicy, build_circuit_breaker
@@ -223,6 +226,14 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
 
     def _count_failure(self) -> None:
         self.stats.connection_errors += 1
+
+    # --- live operations (resync.core.pools.http_live) -------------------------------------
+
+    async def _replace_connections(self, interval: float | None) -> int:
+        return await drain_http(self, interval)
+
+    async def _apply_resize(self) -> None:
+        await resize_http(self)
 
     # --- errors ------------------------------------------------------------------------
 
