@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resync.core.exceptions import SettingsError
+from resync.core.pools.redis_url import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_redis_target
 from resync.core.redact import mask_url
 
 __all__ = ["BACKEND_PREFIXES", "URL_FIELDS", "Settings", "settings"]
@@ -81,7 +82,13 @@ class Settings(BaseSettings):
     )
 
     # --- Redis (on when REDIS_URL is set) ---
-    REDIS_URL: str | None = Field(default=None, description="redis://, rediss:// or unix://")
+    REDIS_URL: str | None = Field(
+        default=None,
+        description="redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://",
+    )
+    REDIS_SENTINEL_PASSWORD: SecretStr | None = Field(
+        default=None, description="Password of the Sentinels (redis+sentinel:// URLs only)."
+    )
     REDIS_POOL_MIN_SIZE: int = Field(default=1, ge=0)
     REDIS_POOL_MAX_SIZE: int = Field(default=10, ge=1)
     REDIS_POOL_IDLE_TIMEOUT: float = Field(default=300.0, ge=0)
@@ -124,6 +131,11 @@ class Settings(BaseSettings):
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     HOST: str = Field(default="127.0.0.1", description="Address `resync serve` binds.")
     PORT: int = Field(default=8000, ge=0, le=65535, description="Port `resync serve` binds.")
+    ADMIN_TOKEN: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin endpoints (POST /pools/{name}/drain, /resize); "
+        "unset: they do not exist.",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -190,13 +202,18 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        if value.split("://", 1)[0].lower() in SENTINEL_SCHEMES | CLUSTER_SCHEMES:
+            parse_redis_target(value)  # its ValueError says what is wrong, password masked
+            return value
         try:
             parts = urlsplit(value)
             _ = parts.port
         except ValueError:
             raise ValueError("must be a URL such as redis://host:6379/0") from None
         if parts.scheme not in _REDIS_SCHEMES:
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            )
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
         return value
@@ -217,6 +234,20 @@ class Settings(BaseSettings):
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value
+
+    @field_validator("ADMIN_TOKEN")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sentinel_password(self) -> Settings:
+        url = self.REDIS_URL or ""
+        if self.REDIS_SENTINEL_PASSWORD is not None and not url.startswith("redis+sentinel://"):
+            raise ValueError("REDIS_SENTINEL_PASSWORD needs a redis+sentinel:// REDIS_URL")
+        return self
 
     @model_validator(mode="after")
     def _check_min_max(self) -> Settings:

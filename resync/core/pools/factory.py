@@ -145,6 +145,9 @@ def pool_specs(source: object) -> list[PoolSpec]:
                 {},
             )
         )
+        sentinel_password = _secret_text(getattr(source, "REDIS_SENTINEL_PASSWORD", None))
+        if sentinel_password:
+            specs[-1].options["sentinel_password"] = sentinel_password
     http_url = _secret_text(getattr(source, "TWS_BASE_URL", None))
     if http_url:
         specs.append(
@@ -167,9 +170,10 @@ def build_pool(spec: PoolSpec) -> ConnectionPool[Any]:
 
         return DatabaseConnectionPool(spec.config, spec.url, **spec.options)
     if spec.backend == "redis":
-        from resync.core.pools.redis_pool import RedisConnectionPool
+        from resync.core.pools.redis_url import create_redis_pool
 
-        return RedisConnectionPool(spec.config, spec.url, **spec.options)
+        # One server, Sentinel or Cluster: the URL's scheme picks the class.
+        return create_redis_pool(spec.config, spec.url, **spec.options)
     if spec.backend == "http":
         from resync.core.pools.http_pool import HTTPConnectionPool
 
