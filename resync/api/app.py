@@ -3,7 +3,8 @@
 The lifespan opens the pool manager (all-or-nothing: if a pool cannot open,
 the app does not start) and, on shutdown, closes it with a drain of
 ``POOL_DRAIN_TIMEOUT`` seconds so requests in flight keep their connections.
-The database pool gets the example ``resync_kv`` table on start.
+The database pool gets the example ``resync_kv`` table on start. The admin
+endpoints (:mod:`resync.api.admin`) are mounted only when ``ADMIN_TOKEN`` is set.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from resync import __version__
-from resync.api import kv, routes
+from resync.api import admin, kv, routes
 from resync.api.errors import install_error_handlers
 from resync.core.pools.factory import DATABASE_POOL, read_setting
 from resync.core.pools.pool_manager import ConnectionPoolManager
@@ -66,6 +67,8 @@ def create_app(settings: Settings | Any | None = None, *, include_examples: bool
     )
     install_error_handlers(app)
     app.include_router(routes.router)
+    if admin.admin_token(settings) is not None:  # no token: the admin routes do not exist
+        app.include_router(admin.router)
     if include_examples:
         app.include_router(kv.router)
     return app
