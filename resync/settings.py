@@ -11,15 +11,24 @@ tests and embedding applications pass their own ``Settings(...)`` instead.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resync.core.exceptions import SettingsError
 from resync.core.pools.redis_url import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_redis_target
 from resync.core.redact import mask_url
+from resync.settings_tls import check_ca_path, parse_verify, tls_problems
 
 __all__ = ["BACKEND_PREFIXES", "URL_FIELDS", "Settings", "settings"]
 
@@ -30,6 +39,8 @@ URL_FIELDS = frozenset({"DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL", "T
 BACKEND_PREFIXES = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
 
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+DBSSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
 class Settings(BaseSettings):
@@ -80,6 +91,14 @@ class Settings(BaseSettings):
         default=None,
         description="Comma-separated read replica URLs for read sessions (PostgreSQL).",
     )
+    DB_SSL_MODE: DBSSLMode | None = Field(
+        default=None, description="TLS to PostgreSQL (libpq's sslmode names); unset: the URL's."
+    )
+    DB_SSL_ROOT_CERT: Path | None = Field(
+        default=None, description="CA certificate(s) the server's certificate is checked against."
+    )
+    DB_SSL_CERT: FilePath | None = Field(default=None, description="Client certificate (mTLS).")
+    DB_SSL_KEY: FilePath | None = Field(default=None, description="Unencrypted key of DB_SSL_CERT.")
 
     # --- Redis (on when REDIS_URL is set) ---
     REDIS_URL: str | None = Field(
@@ -100,6 +119,14 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
     )
     REDIS_REQUIRED: bool = Field(default=False, description="Readiness fails if Redis is down.")
+    REDIS_SSL_CA_CERTS: Path | None = Field(
+        default=None, description="CA certificate(s) for a rediss:// server."
+    )
+    REDIS_SSL_CERT_REQS: Literal["required", "optional", "none"] | None = Field(
+        default=None, description="Check the rediss:// server's certificate (default required)."
+    )
+    REDIS_SSL_CERTFILE: FilePath | None = Field(default=None, description="Client certificate.")
+    REDIS_SSL_KEYFILE: FilePath | None = Field(default=None, description="Key of the certificate.")
 
     # --- upstream HTTP API (on when TWS_BASE_URL is set) ---
     TWS_BASE_URL: str | None = Field(default=None, description="http(s):// base of the API.")
@@ -115,6 +142,11 @@ class Settings(BaseSettings):
     )
     HTTP_ENABLE_HTTP2: bool = Field(default=False, description="Needs the h2 extra.")
     HTTP_REQUIRED: bool = Field(default=False, description="Readiness fails if it is down.")
+    HTTP_VERIFY: bool | Path = Field(
+        default=True,
+        description="Check the upstream's TLS certificate: true (system CAs), false, "
+        "or the path of a CA bundle (file or directory).",
+    )
 
     # --- process ---
     POOL_DRAIN_TIMEOUT: float = Field(
@@ -234,6 +266,23 @@ class Settings(BaseSettings):
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value
+
+    @field_validator("DB_SSL_ROOT_CERT", "REDIS_SSL_CA_CERTS")
+    @classmethod
+    def _check_ca_path(cls, value: Path | None) -> Path | None:
+        return check_ca_path(value)
+
+    @field_validator("HTTP_VERIFY", mode="before")
+    @classmethod
+    def _parse_http_verify(cls, value: Any) -> Any:
+        return parse_verify(value)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        broken = tls_problems(self)
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
 
     @field_validator("ADMIN_TOKEN")
     @classmethod

@@ -22,13 +22,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
 from tests.helpers.net import free_port, wait_for_port
 
-__all__ = ["PgCluster", "pg_bin_dir", "postgres_available"]
+__all__ = ["PgCluster", "TLSServer", "pg_bin_dir", "postgres_available"]
 
 _OS_USER = "postgres"
 
@@ -53,20 +54,40 @@ def _as_server_user(command: list[str]) -> list[str]:
     return command
 
 
+@dataclass(frozen=True)
+class TLSServer:
+    """Certificate and key the server presents; ``client_ca`` checks client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
 class PgCluster:
     """One PostgreSQL cluster in a temporary directory, on a fixed free port.
 
     ``password`` switches TCP logins to scram-sha-256 with that password for
-    the ``postgres`` role (local socket logins stay trusted).
+    the ``postgres`` role (local socket logins stay trusted). ``tls`` turns
+    ``ssl=on`` with that certificate; ``hba`` lines go before initdb's in
+    ``pg_hba.conf`` (e.g. ``hostssl all certuser 127.0.0.1/32 cert``).
     """
 
-    def __init__(self, *, password: str | None = None, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        start_timeout: float = 30.0,
+        tls: TLSServer | None = None,
+        hba: tuple[str, ...] = (),
+    ) -> None:
         bindir = pg_bin_dir()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
         self.bindir = bindir
         self.password = password
         self.start_timeout = start_timeout
+        self.tls = tls
+        self.hba = hba
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="resync-pg-"))
         self.data = self.root / "data"
@@ -113,6 +134,9 @@ class PgCluster:
         else:
             args += ["--auth-host=trust"]
         self._run(*args)
+        if self.hba:  # first match wins: these lines go before initdb's
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("\n".join(self.hba) + "\n" + hba.read_text())
         self._initialized = True
 
     def start(self) -> None:
@@ -123,9 +147,26 @@ class PgCluster:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
+        if self.tls is not None:
+            options += self._tls_options(self.tls)
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
         self.running = True
         wait_for_port(self.port, timeout=self.start_timeout)
+
+    def _tls_options(self, tls: TLSServer) -> str:
+        # The server reads its key only if the server's OS user owns it, mode 0600.
+        files = {"ssl_cert_file": tls.cert, "ssl_key_file": tls.key, "ssl_ca_file": tls.client_ca}
+        options = " -c ssl=on"
+        for setting, source in files.items():
+            if source is None:
+                continue
+            target = self.root / f"{setting}.pem"
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(target, user=_OS_USER, group=_OS_USER)
+            options += f" -c {setting}={target}"
+        return options
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` ends sessions cleanly, ``immediate`` is a crash."""

@@ -16,7 +16,8 @@ Routes (any method):
 - ``/echo``              200, body ``<METHOD> <body>``
 
 ``failing = True`` makes every route answer 500 (an upstream outage that can be
-healed by setting it back to False).
+healed by setting it back to False). ``tls=`` (a server ``ssl.SSLContext``)
+serves HTTPS instead.
 
     with Upstream() as upstream:
         httpx.get(upstream.url + "/ok"); assert upstream.requests == 1
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import threading
 from collections import Counter
 from types import TracebackType
@@ -52,9 +54,10 @@ def _response(status: int, body: bytes = b"", *, close: bool = False) -> bytes:
 class Upstream:
     """The server; ``url`` is its base URL, ``requests``/``paths`` its counters."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, tls: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{self.port}"
         self.failing = False
         self.requests = 0
         self.connections = 0
@@ -113,7 +116,9 @@ class Upstream:
     # --- server side (runs on the upstream's own loop) -------------------------------------
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, ssl=self.tls
+        )
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -134,8 +139,8 @@ class Upstream:
         try:
             while await self._serve_one(reader, writer):
                 pass
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # ssl.SSLError: a client that refused our certificate
         finally:
             self._handlers.discard(task)
             self.open_connections -= 1

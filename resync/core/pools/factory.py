@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.tls import database_tls_options, http_tls_options, redis_tls_options
 from resync.core.redact import mask_url
 
 __all__ = [
@@ -118,6 +119,7 @@ def _database_options(source: object) -> dict[str, Any]:
     replicas = _secret_text(getattr(source, "DATABASE_REPLICA_URLS", None))
     if replicas:
         options["replica_urls"] = replicas
+    options.update(database_tls_options(source))
     return options
 
 
@@ -142,7 +144,7 @@ def pool_specs(source: object) -> list[PoolSpec]:
                 _config(source, REDIS_POOL, "REDIS"),
                 redis_url,
                 read_setting(source, "REDIS_REQUIRED", False),
-                {},
+                redis_tls_options(source),
             )
         )
         sentinel_password = _secret_text(getattr(source, "REDIS_SENTINEL_PASSWORD", None))
@@ -157,7 +159,10 @@ def pool_specs(source: object) -> list[PoolSpec]:
                 _config(source, HTTP_POOL, "HTTP"),
                 http_url,
                 read_setting(source, "HTTP_REQUIRED", False),
-                {"enable_http2": read_setting(source, "HTTP_ENABLE_HTTP2", False)},
+                {
+                    "enable_http2": read_setting(source, "HTTP_ENABLE_HTTP2", False),
+                    **http_tls_options(source, HTTP_POOL),
+                },
             )
         )
     return specs
