@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from resync import __version__
+from resync.cli_admin import register_admin_commands
 from resync.core.exceptions import ResyncError, SettingsError
 
 app = typer.Typer(
@@ -364,6 +365,10 @@ def bench(
             f"[red]{r.errors}[/]" if r.errors else "0",
         )
     console.print(table)
+
+
+# drain, resize and plan (resync/cli_admin.py)
+register_admin_commands(app, _settings)
 
 
 def _cell(value: Any) -> str:

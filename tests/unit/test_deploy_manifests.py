@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from resync.core.pools.budget import BudgetLine
 from resync.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,9 +369,41 @@ def _budget_from_manifests() -> dict[str, int]:
     }
 
 
+def _peak_pods(budget: dict[str, int]) -> int:
+    return budget["maxReplicas"] + budget["maxSurge"] + budget["canary"]
+
+
 def _peak_connections(budget: dict[str, int]) -> int:
-    pods = budget["maxReplicas"] + budget["maxSurge"] + budget["canary"]
-    return pods * budget["WORKERS"] * budget["DB_POOL_MAX_SIZE"]
+    # The arithmetic of resync.core.pools.budget (the manager's start-up check
+    # and `resync plan`), not a copy of it.
+    line = BudgetLine(
+        "database",
+        "database",
+        budget["DB_POOL_MAX_SIZE"],
+        _peak_pods(budget) * budget["WORKERS"],
+        PG_MAX_CONNECTIONS - PG_SUPERUSER_RESERVED,
+        workers=budget["WORKERS"],
+    )
+    return line.total
+
+
+def _resync_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`resync plan --json --offline` with the environment the pods get (ConfigMap + Secret)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **_configmap(), **_secret()}
+    command = [str(Path(sys.executable).with_name("resync")), "plan", "--json", "--offline"]
+    return subprocess.run(
+        [*command, *args],
+        env=env,
+        cwd=tmp_path,  # no stray .env
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _planned_pools(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    return {line["pool"]: line for line in json.loads(result.stdout)["pools"]}
 
 
 def test_peak_database_connections_fit_postgres_default_limit() -> None:
@@ -410,6 +443,29 @@ def test_budget_check_notices_a_fleet_that_outgrows_postgres() -> None:
     budget = _budget_from_manifests()
     grown = {**budget, "maxReplicas": budget["maxReplicas"] * 2}
     assert _peak_connections(grown) > PG_MAX_CONNECTIONS - PG_SUPERUSER_RESERVED
+
+
+def test_hpa_max_replicas_is_within_what_resync_plan_allows(tmp_path: Path) -> None:
+    budget = _budget_from_manifests()
+    pods = _peak_pods(budget)
+    limits = [
+        f"--db-max-connections={PG_MAX_CONNECTIONS}",
+        f"--db-reserved={PG_SUPERUSER_RESERVED}",
+        "--redis-maxclients=10000",
+    ]
+    result = _resync_plan(tmp_path, f"--replicas={pods}", *limits)
+    assert result.returncode == 0, result.stdout + result.stderr
+    planned = _planned_pools(result)
+    database = planned["database"]
+    assert database["total"] == _peak_connections(budget)
+    assert database["fits"] is True
+    # maxReplicas plus the pods a rollout and the canary add must fit what plan allows.
+    assert budget["maxReplicas"] + budget["maxSurge"] + budget["canary"] <= database["max_replicas"]
+    assert planned["redis"]["fits"] is True
+    # Twice the HPA's reach would not fit: plan says so with exit code 1.
+    grown = _resync_plan(tmp_path, f"--replicas={2 * pods}", *limits)
+    assert grown.returncode == 1
+    assert _planned_pools(grown)["database"]["fits"] is False
 
 
 # --- Dockerfile -----------------------------------------------------------
