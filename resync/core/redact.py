@@ -16,12 +16,15 @@ __all__ = ["MASK", "mask_url", "scrub", "url_secrets"]
 MASK = "***"
 
 # A URL-like token: a scheme (maybe left out), then everything up to
-# whitespace, a quote or an angle bracket (how URLs end in reprs and messages).
-_URL_TOKEN = re.compile(r"(?P<scheme>(?:[A-Za-z][A-Za-z0-9+.\-]*)?://)(?P<rest>[^\s'\"<>]+)")
+# whitespace, a quote or an angle bracket (how URLs end in reprs and messages)
+_SCHEME = r"(?:[A-Za-z][A-Za-z0-9+.\-]*)?://"
+# ... and it ends where the next URL of a list starts ("url1,url2").
+_URL_TOKEN = re.compile(rf"(?P<scheme>{_SCHEME})(?P<rest>(?:(?!{_SCHEME})[^\s'\"<>])+)")
 # host[:port] as it ends an authority: a name or an IPv6 literal, digits for a port.
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Za-z:.%]*\]|[A-Za-z0-9._~%!$&*+;=\-]+)(?::\d*)?")
 # One host or a comma-separated list (Sentinel, Cluster and replica URLs).
-_HOSTS = re.compile(rf"{_HOST_PORT.pattern}(?:,{_HOST_PORT.pattern})*")
+# The trailing comma is the one before the next URL of a list.
+_HOSTS = re.compile(rf"{_HOST_PORT.pattern}(?:,{_HOST_PORT.pattern})*,?")
 # Query-string secrets (?password=..., &token=...).
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|api_key)=)[^&\s]*")
 

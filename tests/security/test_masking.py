@@ -29,6 +29,12 @@ from resync.core.redact import mask_url, scrub, url_secrets
         # A whole value without its scheme.
         ("user:pw@host:6379", "user:***@host:6379"),
         ("u:pa@:/ss", "u:***"),
+        # A list of URLs (DATABASE_REPLICA_URLS): each one masked.
+        (
+            "postgresql://u:a@h1/db,postgresql://u:b@h2/db",
+            "postgresql://u:***@h1/db,postgresql://u:***@h2/db",
+        ),
+        ("postgresql://u:a@h1,postgresql://u:b@h2", "postgresql://u:***@h1,postgresql://u:***@h2"),
         # No password: left alone, "@" in a path or query included.
         ("http://registry:4873/@scope/pkg", "http://registry:4873/@scope/pkg"),
         ("http://[::1]/users/@me", "http://[::1]/users/@me"),

@@ -80,9 +80,12 @@ async def opened() -> AsyncIterator[list[ConnectionPool[Any]]]:
 
 
 async def test_start_lease_check_and_stop_every_pool(
-    urls: dict[str, str], exposure: Exposure
+    urls: dict[str, str], secret: Sentinel, tarpit: int, exposure: Exposure
 ) -> None:
-    settings = make_settings(urls)
+    # A read replica too: the shared server once more, and one that refuses.
+    refused = unreachable(secret, tarpit)["refused"]["database"]
+    replicas = f"{urls['DATABASE_URL']},{refused}"
+    settings = make_settings({**urls, "DATABASE_REPLICA_URLS": replicas})
     exposure.add_repr("settings", settings)
     exposure.add("settings.masked()", settings.masked())
     for spec in pool_specs(settings):
@@ -95,6 +98,9 @@ async def test_start_lease_check_and_stop_every_pool(
             assert (await session.execute(text("SELECT 41 + 1"))).scalar() == 42
             exposure.add_repr("session", session)
             exposure.add_repr("engine", session.get_bind())
+        for _ in range(3):  # the refused replica is taken out, reads go on
+            async with manager.pool("database").get_read_session() as session:  # type: ignore[attr-defined]
+                assert (await session.execute(text("SELECT 1"))).scalar() == 1
         async with manager.pool("redis").get_connection() as client:
             await client.set("resync:security", "value")
             assert await client.get("resync:security") == "value"

@@ -136,7 +136,8 @@ def run_cli(exposure: Exposure, args: list[str], env: dict[str, str], cwd: Path)
 def test_resync_config_and_check(
     urls: dict[str, str], secret: Sentinel, exposure: Exposure, tmp_path: Path
 ) -> None:
-    env = cli_env({**{k: str(v) for k, v in urls.items()}, "REDIS_REQUIRED": "true"})
+    replica = {"DATABASE_REPLICA_URLS": urls["DATABASE_URL"]}
+    env = cli_env({**urls, **replica, "REDIS_REQUIRED": "true"})
     assert run_cli(exposure, ["config"], env, tmp_path) == 0
     assert run_cli(exposure, ["config", "--json"], env, tmp_path) == 0
     assert run_cli(exposure, ["check"], env, tmp_path) == 0
