@@ -150,6 +150,9 @@ ensure_tools() {
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     # PgBouncer tests start their own pgbouncer (Debian puts it in /usr/sbin).
     command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+    # Sentinel tests start their own redis-sentinel; Cluster tests use redis-cli --cluster.
+    command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     if [ ${#missing[@]} -gt 0 ]; then
         if can_apt; then
             apt_install "${missing[@]}"
