@@ -89,6 +89,11 @@ class SentinelGroup:
         return "master_link_status:up" in info
 
     def start(self) -> None:
+        if not sentinel_available():
+            raise RuntimeError(
+                "redis-sentinel is not installed: run scripts/ensure-services.sh tools "
+                "(apt-get install redis-sentinel)"
+            )
         self.master.start()
         self.replica.start()
         # Sentinel rewrites its config file: it must be a writable file of its own.
@@ -195,6 +200,10 @@ class RedisClusterGroup:
         return f"redis+cluster://{auth}{hosts}"
 
     def start(self) -> None:
+        if not cluster_tools_available():
+            raise RuntimeError(
+                "redis-server and redis-cli are needed: run scripts/ensure-services.sh tools"
+            )
         for server in self.servers:
             server.start()
         nodes = [f"127.0.0.1:{s.port}" for s in self.servers]

@@ -21,12 +21,11 @@ from resync.core.exceptions import PoolConfigError, RedisPoolError, RedisSetupEr
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.redis_cluster_pool import RedisClusterPool
 from resync.core.pools.redis_url import create_redis_pool
-from tests.helpers.redis_groups import RedisClusterGroup, cluster_tools_available, redis_cli
+from tests.helpers.redis_groups import RedisClusterGroup, redis_cli
 
 pytestmark = [
     pytest.mark.redis,
     pytest.mark.slow,
-    pytest.mark.skipif(not cluster_tools_available(), reason="needs redis-server and redis-cli"),
 ]
 
 

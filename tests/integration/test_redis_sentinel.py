@@ -23,12 +23,11 @@ from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.redis_sentinel import RedisSentinelPool
 from resync.core.pools.redis_url import create_redis_pool
 from tests.helpers.net import free_port
-from tests.helpers.redis_groups import SentinelGroup, redis_cli, sentinel_available
+from tests.helpers.redis_groups import SentinelGroup, redis_cli
 
 pytestmark = [
     pytest.mark.redis,
     pytest.mark.slow,
-    pytest.mark.skipif(not sentinel_available(), reason="needs redis-sentinel (apt-get)"),
 ]
 
 
