@@ -32,6 +32,7 @@ from resync.core.pools.db_pool import DatabaseConnectionPool
 from resync.core.pools.factory import build_pools
 from resync.core.pools.http_pool import HTTPConnectionPool
 from resync.core.pools.redis_pool import RedisConnectionPool
+from resync.core.pools.redis_url import create_redis_pool
 from resync.settings import Settings
 from tests.helpers.net import free_port
 
@@ -60,7 +61,8 @@ numbers = st.one_of(
 schemes = st.sampled_from(
     [
         *("postgresql", "postgresql+asyncpg", "postgres", "sqlite", "sqlite+aiosqlite", "mysql"),
-        *("redis", "rediss", "unix", "http", "https", "ftp", "", "x+y", "redis+sentinel"),
+        *("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"),
+        *("http", "https", "ftp", "", "x+y"),
     ]
 )
 hosts = st.sampled_from(["127.0.0.1", "[::1]", "[::1", "localhost", "", "h\x01st", "a b"])
@@ -69,7 +71,10 @@ ports = st.sampled_from(["", ":1", ":port", ":99999", ":-1", ":0", ":6379"])
 userinfo = st.sampled_from(
     ["", "u@", f"u:{ENCODED}@", f":{ENCODED}@", f"u:{SECRET}@", f"u:{ENCODED}@x@"]
 )
-paths = st.one_of(st.sampled_from(["", "/", "/0", "/db", "/:memory:", "/%zz"]), env_text)
+paths = st.one_of(
+    st.sampled_from(["", "/", "/0", "/db", "/:memory:", "/%zz", "/mymaster/0", ",h2:1/m"]),
+    env_text,
+)
 
 
 @st.composite
@@ -158,6 +163,8 @@ BUILDERS = {
     "database": lambda config, url: DatabaseConnectionPool(config, url),
     "redis": lambda config, url: RedisConnectionPool(config, url),
     "http": lambda config, url: HTTPConnectionPool(config, url),
+    # Standalone, Sentinel or Cluster, as REDIS_URL says.
+    "redis topology": lambda config, url: create_redis_pool(config, url),
 }
 
 
