@@ -60,6 +60,7 @@ from resync.core.pools.redis_slot import (
     Slot,
     is_driver_exhausted,
     leaves_state_unknown,
+    peer_closed,
 )
 from resync.core.redact import mask_url, url_secrets
 from resync.core.resilience import BreakerSpec, build_circuit_breaker
@@ -204,13 +205,18 @@ class RedisConnectionPool(ConnectionPool[Redis]):
     # --- leasing -------------------------------------------------------------------
 
     async def _acquire_connection(self, timeout: float) -> Redis:
-        if self._idle:
+        slot = None
+        while self._idle and slot is None:
             slot = self._idle.pop()
-        elif self._closed:
-            slot = self._closed.pop()
-            await self._connect(slot, timeout)
-        else:
-            slot = await self._open_slot(timeout)
+            if peer_closed(slot.conn):  # lost while idle: reopen it, unseen by the caller
+                await self._close_slot(slot)
+                slot = None
+        if slot is None:
+            if self._closed:
+                slot = self._closed.pop()
+                await self._connect(slot, timeout)
+            else:
+                slot = await self._open_slot(timeout)
         slot.adapter.active = True
         return slot.client
 
@@ -325,9 +331,9 @@ class RedisConnectionPool(ConnectionPool[Redis]):
                 logger.debug("pool '%s': maintenance: %s", self.name, self._scrub(exc))
 
     async def _retire_idle(self, now: float) -> None:
-        """Close expired idle connections, then idle ones above ``min_size``."""
+        """Close expired or lost idle connections, then idle ones above ``min_size``."""
         idle_timeout = self.config.idle_timeout
-        expired = [slot for slot in self._idle if now >= slot.expires_at]
+        expired = [s for s in self._idle if now >= s.expires_at or peer_closed(s.conn)]
         surplus: list[Slot] = []
         if idle_timeout:
             open_now = self._open_connections() - len(expired)

@@ -35,6 +35,7 @@ __all__ = [
     "SlotConnectionPool",
     "is_driver_exhausted",
     "leaves_state_unknown",
+    "peer_closed",
 ]
 
 
@@ -45,6 +46,16 @@ def leaves_state_unknown(error: BaseException) -> bool:
     if not isinstance(error, Exception):
         return True  # cancelled or interrupted
     return isinstance(error, TimeoutError | OSError | BaseExceptionGroup | RedisError)
+
+
+def peer_closed(conn: AbstractConnection) -> bool:
+    """Did the server (or the network) close this idle connection's socket?
+
+    asyncio sees a FIN or RST on an idle socket at once and closes the
+    transport; redis-py only finds out when the next command fails.
+    """
+    writer = getattr(conn, "_writer", None)
+    return writer is not None and writer.transport.is_closing()
 
 
 def is_driver_exhausted(error: BaseException) -> bool:
