@@ -129,15 +129,15 @@ async def test_rotation_then_drain_moves_every_connection_to_the_new_password_wi
         rotated_at = await admin.fetchval("SELECT clock_timestamp()")
         current["password"] = "new-Pa55"
         before_drain = done
-        replaced = await pool.drain(1.0)
+        await pool.drain(1.0)
         await asyncio.sleep(0.5)
         stop.set()
         await asyncio.gather(*workers)
 
         assert failures == []
-        # drain() counts the connections idle or leased at that instant; one
-        # in the middle of its checkout is retired all the same, uncounted.
-        assert 1 <= replaced <= 4
+        # One drain retired every connection (its count is not asserted: it
+        # counts those idle or leased at that instant, not those mid-checkout).
+        assert pool.get_stats_snapshot()["details"]["replacements"] == 1
         assert done > before_drain > 0  # leases kept flowing through the drain
         # Every connection open now logged in after the rotation, i.e. with
         # the new password (the old one is refused since ALTER ROLE).
