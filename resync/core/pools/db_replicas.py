@@ -27,7 +27,8 @@ fails it is taken out, one that passes is put back. A replica that is down
 when the pool starts does not stop the pool from starting: it starts as
 ``down`` and is opened by a later check. States, errors (passwords hidden) and
 how many reads each served are in the pool's stats ``details["replicas"]``,
-and so in ``GET /pools``.
+and so in ``GET /pools``. Replicas are optional: their health never makes the
+pool (or the service's readiness) unhealthy, since reads fall back.
 
 A replica's own pool does not treat SQLSTATE 25006 as a failover: a write
 sent over a read session is refused there by design, and the error reaches
