@@ -97,12 +97,14 @@ class DatabaseLeaseEnd:
         held = self._leased.pop(session, None)
         reusable = False
         failure: Exception | None = None
+        commit_sent = False
         try:
             if error is None:
                 try:
                     reusable = await session.run_sync(_commit_and_close, held)
                 except _CommitFailed as exc:
                     failure = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                    commit_sent = True
                     reusable = await self._roll_back(session, held, failure)
                 except Exception as exc:  # the flush: COMMIT was never sent
                     failure = exc
@@ -117,10 +119,10 @@ class DatabaseLeaseEnd:
             if held is not None:  # None: cut off by close() after the drain
                 self._stock.check_in(held, reusable)
         if failure is not None:
-            self._raise_commit_failure(failure, in_commit=not reusable and connection_lost(failure))
+            self._raise_commit_failure(failure, unknown=commit_sent and connection_lost(failure))
 
-    def _raise_commit_failure(self, failure: Exception, *, in_commit: bool) -> None:
-        if in_commit:
+    def _raise_commit_failure(self, failure: Exception, *, unknown: bool) -> None:
+        if unknown:
             self.stats.connection_errors += 1
             raise DatabaseCommitUnknownError(
                 f"Database operation failed: the connection was lost during COMMIT, so the "
