@@ -428,8 +428,9 @@ class ConnectionStock:
                 self.idle.append(await self.connect(self.config.connection_timeout))
             except Exception as exc:
                 logger.warning(
-                    "pool '%s': cannot reopen connections up to min_size: %s",
+                    "pool '%s': cannot reopen connections up to min_size: %s %s",
                     self.name,
+                    type(exc).__name__,  # a connect timeout has no message of its own
                     self._scrub(exc),
                 )
                 return
