@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 
 RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
+BENCH_STAMP := $(VENV)/.stamp-bench
 
 .PHONY: serve test check lint typecheck pytest services bench bench-admission clean help
 
@@ -29,6 +30,10 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@ $(RUN_STAMP)
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $@ $(DEV_STAMP) $(RUN_STAMP)
 
 serve: $(RUN_STAMP)
 	$(BIN)/resync serve
@@ -53,7 +58,9 @@ test: check pytest
 bench-admission: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.bench_admission
 
-bench: $(DEV_STAMP) services
+# The peer suite (about 12 minutes on 2 cores): artifacts/benchmarks.md, .json, *.png.
+bench: $(BENCH_STAMP) services
+	@scripts/ensure-bench-tools.sh
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
