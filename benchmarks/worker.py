@@ -1,0 +1,78 @@
+"""One part of the suite on one event loop, in a process of its own.
+
+    python -m benchmarks.worker --part pg --loop uvloop --rounds 3 --duration 1 --out rows.json
+
+Parts: ``pg``, ``redis``, ``http``, ``lease`` (no I/O), ``service`` (end to
+end) and ``rss``. Rows (or, for ``rss``, the drift records) are written to
+``--out`` as JSON; progress goes to stdout as ``@@bench`` events (see
+:mod:`benchmarks.harness`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+PARTS = ("pg", "redis", "http", "lease", "service", "rss")
+
+
+def _runner(loop: str) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
+def run_part(part: str, loop: str, rounds: int, duration: float, args: argparse.Namespace) -> Any:
+    """Run ``part``; the rows as dicts (``rss``: its drift records)."""
+    run = _runner(loop)
+    if part == "pg":
+        from benchmarks import workloads_pg
+
+        rows = run(workloads_pg.run(loop, rounds, duration))
+    elif part == "redis":
+        from benchmarks import workloads_redis_http
+
+        rows = run(workloads_redis_http.run_redis(loop, rounds, duration))
+    elif part == "http":
+        from benchmarks import workloads_redis_http
+
+        rows = run(workloads_redis_http.run_http(loop, rounds, duration))
+    elif part == "lease":
+        from benchmarks import workloads_memory
+
+        rows = run(workloads_memory.run_lease(loop, rounds, duration))
+    elif part == "service":
+        from benchmarks import workloads_service
+
+        rows = workloads_service.run_service(loop, rounds, duration)
+    elif part == "rss":
+        from benchmarks import workloads_memory
+
+        return run(workloads_memory.run_rss(args.rss_leases, args.rss_db_leases))
+    else:
+        raise ValueError(f"unknown part {part!r}")
+    return [row.as_dict() for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=PARTS, required=True)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per round")
+    parser.add_argument("--rss-leases", type=int, default=1_000_000)
+    parser.add_argument("--rss-db-leases", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    result = run_part(args.part, args.loop, args.rounds, args.duration, args)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
