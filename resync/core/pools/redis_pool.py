@@ -11,7 +11,7 @@ A lease yields a ``redis.asyncio.Redis`` bound to one connection of the pool
   no reply can reach the next user of the connection (CVE-2023-28858 class);
 - a command on the leased client skips redis-py's per-command pool checkout,
   so a lease with one command costs less than one command through a bare
-  redis-py pool (``benchmarks/bench_redis_http.py``).
+  redis-py pool (``benchmarks/workloads_redis_http.py``, ``make bench``).
 
 The driver is a ``redis.asyncio.BlockingConnectionPool`` capped at ``max_size``
 with ``timeout=connection_timeout``. It parses the URL (``redis://``,
