@@ -30,7 +30,7 @@ The tree::
     │   ├── DatabasePoolOverloadedError (+ PoolOverloadedError)
     │   ├── DatabaseUnavailableError   (+ BackendUnavailableError)
     │   ├── DatabaseSetupError         (+ PoolSetupError)
-    │   ├── DatabaseStatementTimeoutError (TimeoutError)  no answer within the driver's command timeout
+    │   ├── DatabaseStatementTimeoutError (TimeoutError)  no answer in the command timeout
     │   ├── DatabaseCommitUnknownError           connection lost during COMMIT: outcome unknown
     │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
     │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
