@@ -55,6 +55,7 @@ request = function()
   return wrk.format("GET", path)
 end
 """
+_SETTINGS_PREFIXES = ("DATABASE_", "DB_", "REDIS_", "HTTP_", "TWS_", "POOL_")
 _SERVE = (sys.executable, "-m", "resync.cli", "serve", "--host", "127.0.0.1")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
@@ -95,8 +96,9 @@ class Service:
     def __init__(self, loop: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Only what is set here configures the service, not the caller's environment.
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES)},
             "DATABASE_URL": PG_URL,
             "REDIS_URL": REDIS_URL,
             "REDIS_REQUIRED": "true",
