@@ -9,6 +9,7 @@ the pool manager.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,7 +253,7 @@ async def upstream_answers(values: dict[str, Any]) -> int:
 
 
 async def test_http_verify_with_our_ca_true_and_false(
-    https_upstream: Upstream, pki: dict[str, Any]
+    https_upstream: Upstream, pki: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     url = https_upstream.url
     assert url.startswith("https://")
@@ -260,4 +261,6 @@ async def test_http_verify_with_our_ca_true_and_false(
     with pytest.raises(ManagerStartError, match="pool 'tws_http'") as caught:
         await upstream_answers({"TWS_BASE_URL": url, "HTTP_VERIFY": "true"})  # system CAs
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    caplog.set_level(logging.WARNING, logger="resync.manager")
     assert await upstream_answers({"TWS_BASE_URL": url, "HTTP_VERIFY": "false"}) == 200
+    assert any("certificate is NOT checked" in r.getMessage() for r in caplog.records)
