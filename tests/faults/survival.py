@@ -149,16 +149,3 @@ class Survival:
         if error is not None:
             observed.failures += 1
             observed.errors.add(type(error).__name__)
-
-
-async def timed_step(survival: Survival, step: Awaitable[Any]) -> Any:
-    """Await one step of a longer lease (a statement, a commit) under rule 1."""
-    started = perf_counter()
-    try:
-        return await step
-    finally:
-        elapsed = perf_counter() - started
-        survival.observed.worst = max(survival.observed.worst, elapsed)
-        assert elapsed <= survival.bound, (
-            f"a step took {elapsed:.3f}s, over the bound {survival.bound:.3f}s"
-        )
