@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import math
 import statistics
 import sys
 import time
@@ -131,13 +130,14 @@ async def steady_loop(
 ) -> Sample:
     """One round: warm up, then measure operations started within ``duration``.
 
-    ``op`` must suspend at least once per call (I/O, or ``asyncio.sleep(0)``),
-    else one worker would run alone until the round ends.
+    ``op`` should suspend at least once per call (I/O, or ``asyncio.sleep(0)``):
+    one that never does runs in one worker at a time (the round still ends).
     """
     perf = time.perf_counter
     latencies: list[float] = []
     record = latencies.append
-    start = stop = math.inf
+    start = perf() + warmup
+    stop = start + duration
     errors = 0
 
     async def worker() -> None:
@@ -160,6 +160,7 @@ async def steady_loop(
 
     async def watch() -> None:
         nonlocal stall
+        await asyncio.sleep(warmup)
         while (t0 := perf()) < stop:
             await asyncio.sleep(STALL_TICK)
             stall = max(stall, perf() - t0 - STALL_TICK)
@@ -167,18 +168,15 @@ async def steady_loop(
     gc_time = [0.0, 0.0]  # total, start of the running collection
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
+        now = perf()
         if phase == "start":
-            gc_time[1] = perf()
-        else:
-            gc_time[0] += perf() - gc_time[1]
+            gc_time[1] = now
+        elif gc_time[1] >= start:
+            gc_time[0] += now - gc_time[1]
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(warmup)
-    start = perf()
-    stop = start + duration
     gc.callbacks.append(on_gc)
     try:
-        await asyncio.gather(watch(), *tasks)
+        await asyncio.gather(watch(), *(worker() for _ in range(concurrency)))
     finally:
         gc.callbacks.remove(on_gc)
     latencies.sort()

@@ -56,6 +56,7 @@ def _figure(rows: list[Row], backend: str, measure: str, out_dir: Path) -> Path:
                     label=f"{impl} ({loop})",
                 )
         ax.set_xscale("log")
+        ax.set_xticks([1, 10, 100, 1000], ["1", "10", "100", "1,000"])
         ax.set_yscale("log")
         ax.set_title(workload, fontsize=10)
         ax.set_xlabel("concurrent callers")
