@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from resync.core.pools.http_orphans import reclaim_orphaned_connections
 from resync.core.resilience import CircuitBreaker, RetryPolicy
 
 __all__ = ["IDEMPOTENT_METHODS", "HTTPCounters", "ResilientTransport", "is_upstream_failure"]
@@ -94,7 +95,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; retry per :func:`may_retry`; record the outcome.
 
-        Cancellation propagates at once (no retry, no outcome). The time spent
+        Cancellation propagates at once (no retry, no outcome) -- after the
+        slot httpcore may have lost to it is reclaimed. The time spent
         is bounded by the client's timeouts per attempt and by the retry
         policy's attempts and ``max_elapsed`` overall.
         """
@@ -109,8 +111,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if self.retry.max_attempts < 2 or not may_retry(request, exc):
                     raise
                 response = await self._retry(request, exc)
-        except Exception as exc:
-            if is_upstream_failure(exc):
+        except BaseException as exc:
+            # A request that did not return may have left httpcore a slot it
+            # never gets back (encode/httpcore#1093): give it back now.
+            await reclaim_orphaned_connections(self.inner, self._label)
+            if isinstance(exc, Exception) and is_upstream_failure(exc):
                 counters.upstream_failures += 1
                 if self._on_failure is not None:
                     self._on_failure()
