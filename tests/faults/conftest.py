@@ -76,7 +76,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         recovery = f"{seen.recovery:.3f}s" if seen.recovery is not None else "-"
         errors = ", ".join(sorted(seen.errors)) or "none"
         terminalreporter.write_line(
-            f"{name.rsplit('::', 1)[-1]}: {seen.leases} leases, {seen.failures} failed "
+            f"{name.rsplit('/', 1)[-1]}: {seen.leases} leases, {seen.failures} failed "
             f"({errors}); worst {seen.worst:.3f}s / bound {seen.bound:.3f}s; "
             f"recovery {recovery}"
         )
