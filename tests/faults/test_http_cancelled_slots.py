@@ -57,6 +57,40 @@ async def test_request_cancelled_while_handed_a_new_connection_does_not_cost_a_s
 
 
 async def test_reclaiming_leaves_other_transports_alone() -> None:
-    assert await reclaim_orphaned_connections(object()) == 0
+    assert reclaim_orphaned_connections(object()) == 0
     async with httpx.AsyncHTTPTransport() as transport:
-        assert await reclaim_orphaned_connections(transport) == 0
+        assert reclaim_orphaned_connections(transport) == 0
+
+
+async def test_requests_cancelled_again_during_their_cleanup_do_not_cost_slots(
+    upstream: Upstream,
+) -> None:
+    # httpcore shields its clean-up with anyio, which a native task.cancel()
+    # goes through: a second cancellation cuts it short. Every point of the
+    # exchange is hit by moving the first cancellation one step further each time.
+    config = ConnectionPoolConfig(
+        pool_name="two-slots", min_size=0, max_size=2, connection_timeout=1.0
+    )
+    loop = asyncio.get_running_loop()
+    pool = HTTPConnectionPool(config, upstream.url)
+    async with pool, pool.get_connection() as client:
+
+        async def cancel_twice(task: asyncio.Task[object], delay: int) -> None:
+            for _ in range(delay):
+                await asyncio.sleep(0)
+            task.cancel()
+            loop.call_soon(task.cancel)
+
+        for delay in range(40):
+            for _ in range(5):
+                requests = [
+                    asyncio.create_task(client.post("/echo", content=b"x")) for _ in range(3)
+                ]
+                cancellers = [asyncio.create_task(cancel_twice(t, delay)) for t in requests]
+                await asyncio.gather(*requests, *cancellers, return_exceptions=True)
+        inner = pool._transport.inner._pool  # type: ignore[union-attr]
+        assert inner._requests == []
+        assert len(inner.connections) <= 2
+        # Both slots are free: two requests at once, neither waits for the pool timeout.
+        answers = await asyncio.gather(*(client.post("/echo", content=b"y") for _ in range(2)))
+        assert [a.text for a in answers] == ["POST y", "POST y"]

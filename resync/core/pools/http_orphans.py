@@ -1,68 +1,122 @@
 """Give back the connection slots that cancelled requests leave in httpcore's pool.
 
-httpcore 1.0 (encode/httpcore#1093, also #658 and #830) loses a slot when a
-request is cancelled after the pool handed it a new connection but before the
-request ran: the connection stays in the pool as "CONNECTING" with nobody to
-open it. It is neither idle nor closed, so the pool never reaps it, and it
-counts against ``max_connections``; once ``max_size`` of them pile up, every
-request of the HTTP pool fails with ``PoolTimeout`` against a healthy
-upstream until the process restarts. resync's cancellation fuzz hits it
-within a few thousand leases.
+httpcore 1.0 loses a slot of ``max_connections`` in two ways that resync's
+cancellation fuzz hits within a few thousand leases; once ``max_size`` slots
+are gone every request of the HTTP pool fails with ``PoolTimeout`` against a
+healthy upstream, until the process restarts:
 
-:func:`reclaim_orphaned_connections` runs after any request that did not
-return (cancelled or failed): it removes connections that were never opened
-and that no request in the pool owns -- they hold no socket, only the slot --
-and lets httpcore hand the freed slots to requests still queued. It reads
-httpcore's private state, so it does nothing unless that state looks exactly
-as expected (another transport, another httpcore version).
+- a request cancelled after the pool handed it a new connection, before it
+  ran, leaves that connection "CONNECTING" with nobody to open it
+  (encode/httpcore#1093, also #658 and #830);
+- httpcore's clean-up after a cancellation (closing the response, resetting
+  the connection) runs under an anyio shield, which does not stop a native
+  asyncio ``task.cancel()``: a second cancellation during it leaves the
+  request registered in the pool for good, or its connection half-used with
+  no owner.
+
+:func:`reclaim_orphaned_connections` repairs the pool after any request that
+did not return and after any response whose close was interrupted: it
+unregisters a request whose response was closed, drops connections no request
+owns that are neither idle nor closed (never opened, or stuck mid-exchange),
+closes the sockets of the latter in the background -- nothing here awaits, so
+a further cancellation cannot cut it short -- and lets httpcore hand the
+freed slots to requests still queued. It reads httpcore's private state, so it
+does nothing unless that state looks exactly as expected (another transport,
+another httpcore version). :class:`GuardedStream` applies it to responses.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["reclaim_orphaned_connections"]
+import httpx
+
+__all__ = ["GuardedStream", "reclaim_orphaned_connections"]
 
 logger = logging.getLogger("resync.pool.http")
 
-
-def _orphans(pool: Any) -> list[Any]:
-    connections = getattr(pool, "_connections", None)
-    requests = getattr(pool, "_requests", None)
-    if not isinstance(connections, list) or not isinstance(requests, list):
-        return []
-    owned = {id(getattr(r, "connection", None)) for r in requests}
-    return [
-        conn
-        for conn in connections
-        if id(conn) not in owned
-        # Never opened (no socket behind it) and not given up on either.
-        and getattr(conn, "_connection", False) is None
-        and getattr(conn, "_connect_failed", True) is False
-    ]
+# Background closes of reclaimed connections (kept referenced until done).
+_closing: set[asyncio.Future[Any]] = set()
 
 
-async def reclaim_orphaned_connections(transport: object, label: str = "") -> int:
-    """Remove never-opened connections no request owns from ``transport``'s pool.
+def _pool_of(obj: object) -> Any:
+    """httpcore's ``AsyncConnectionPool`` behind an httpx transport, else None."""
+    pool = getattr(obj, "_pool", obj)
+    if isinstance(getattr(pool, "_connections", None), list) and isinstance(
+        getattr(pool, "_requests", None), list
+    ):
+        return pool
+    return None
 
-    ``transport`` is an ``httpx.AsyncHTTPTransport`` (anything else: no-op).
-    Returns how many were removed. Without an orphan it returns at once,
-    without suspending; with one, it closes what httpcore's reassignment
-    gives back -- if cancelled then, the sockets are closed by httpcore's
-    own cleanup on the next request.
+
+def _close_in_background(connections: list[Any]) -> None:
+    for conn in connections:
+        future = asyncio.ensure_future(conn.aclose())
+        _closing.add(future)
+        future.add_done_callback(_closing.discard)
+        # A close that fails has nothing left to report to anyone.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def reclaim_orphaned_connections(transport: object, label: str = "") -> int:
+    """Drop connections of ``transport``'s pool that no request owns and nobody will finish.
+
+    ``transport`` is an ``httpx.AsyncHTTPTransport`` or httpcore's pool
+    (anything else: no-op). Returns how many connections were dropped.
+    Synchronous: sockets are closed by background tasks.
     """
-    pool = getattr(transport, "_pool", None)
-    orphans = _orphans(pool)
+    pool = _pool_of(transport)
+    if pool is None:
+        return 0
+    owned = {id(getattr(r, "connection", None)) for r in pool._requests}
+    orphans = [
+        conn
+        for conn in pool._connections
+        if id(conn) not in owned and not conn.is_idle() and not conn.is_closed()
+    ]
     if not orphans:
         return 0
     for conn in orphans:
-        pool._connections.remove(conn)  # type: ignore[union-attr]
-    logger.debug(
-        "%s: reclaimed %d connection slot(s) a cancelled request left", label, len(orphans)
-    )
-    reassign = getattr(pool, "_assign_requests_to_connections", None)
-    close = getattr(pool, "_close_connections", None)
-    if reassign is not None and close is not None:
-        await close(reassign())
+        pool._connections.remove(conn)
+    logger.debug("%s: reclaimed %d slot(s) a cancelled request left", label, len(orphans))
+    # A never-opened connection has no socket; a half-used one does.
+    _close_in_background([c for c in orphans if getattr(c, "_connection", None) is not None])
+    _close_in_background(pool._assign_requests_to_connections())
     return len(orphans)
+
+
+def _release_interrupted_close(stream: object, label: str) -> None:
+    """If httpcore's close of this response was cut short, finish its bookkeeping."""
+    core = getattr(stream, "_httpcore_stream", stream)
+    pool = _pool_of(getattr(core, "_pool", None))
+    request = getattr(core, "_pool_request", None)
+    if pool is None or not getattr(core, "_closed", False) or request not in pool._requests:
+        return
+    pool._requests.remove(request)
+    reclaim_orphaned_connections(pool, label)
+
+
+class GuardedStream(httpx.AsyncByteStream):
+    """A response body whose close, even if interrupted, gives its slot back."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, label: str) -> None:
+        self._stream = stream
+        self._label = label
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except BaseException:
+            _release_interrupted_close(self._stream, self._label)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        except BaseException:
+            _release_interrupted_close(self._stream, self._label)
+            raise

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from resync.core.pools.http_orphans import reclaim_orphaned_connections
+from resync.core.pools.http_orphans import GuardedStream, reclaim_orphaned_connections
 from resync.core.resilience import CircuitBreaker, RetryPolicy
 
 __all__ = ["IDEMPOTENT_METHODS", "HTTPCounters", "ResilientTransport", "is_upstream_failure"]
@@ -114,7 +114,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             # A request that did not return may have left httpcore a slot it
             # never gets back (encode/httpcore#1093): give it back now.
-            await reclaim_orphaned_connections(self.inner, self._label)
+            reclaim_orphaned_connections(self.inner, self._label)
             if isinstance(exc, Exception) and is_upstream_failure(exc):
                 counters.upstream_failures += 1
                 if self._on_failure is not None:
@@ -122,6 +122,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if self.breaker is not None:
                     self.breaker.record_failure()
             raise
+        # Closing the body (or failing to read it) must give its slot back too.
+        if isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = GuardedStream(response.stream, self._label)
         breaker = self.breaker
         if response.status_code >= 500:
             counters.server_errors += 1
