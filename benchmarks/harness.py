@@ -1,11 +1,14 @@
 """The suite's measuring core: steady-state closed loops, paired rounds, progress events.
 
-A *round* starts ``concurrency`` workers that call ``op()`` in a loop. They
-all ask at once, so from the first completion on every worker is either
-being served or queued: an operation started later has the whole queue ahead
-of it, as in the steady state. After a ``WARMUP`` (caches, connections,
-that first wave) only operations *started* within ``duration`` seconds are
-measured, each until it is done, so the slowest are not cut off.
+A *round* starts ``concurrency`` workers that call ``op()`` in a loop, all
+at once. Measuring starts only when every worker has finished one operation
+(at least ``WARMUP`` s, at most ``MAX_WARMUP`` s): until then the first wave
+is still being served, and it is not the steady state -- work an
+implementation does before queueing (httpx builds every request before its
+pool queues it) was done for the whole wave at the start, so that wave
+drains faster than the steady state serves. From then on every operation
+*started* within ``duration`` seconds is measured, each until it is done, so
+the slowest are not cut off.
 
 :func:`compare` runs the implementations of one workload in alternating order,
 one round each, ``rounds`` times per concurrency: neighbouring rounds see the
@@ -19,6 +22,7 @@ Worker processes report to the orchestrator on stdout, one line per event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import statistics
@@ -49,6 +53,7 @@ Op = Callable[[], Awaitable[object]]
 CONCURRENCY = (1, 10, 100, 1000)
 EVENT_PREFIX = "@@bench "
 WARMUP = 0.15
+MAX_WARMUP = 3.0
 STALL_TICK = 0.005
 
 
@@ -136,12 +141,16 @@ async def steady_loop(
     perf = time.perf_counter
     latencies: list[float] = []
     record = latencies.append
-    start = perf() + warmup
+    # Set up front (the latest they can be), so an op that never suspends
+    # still ends the round; moved earlier once every worker is warm.
+    start = perf() + max(warmup, MAX_WARMUP)
     stop = start + duration
-    errors = 0
+    errors = warmed = 0
+    all_warm = asyncio.Event()
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal errors, warmed
+        first = True
         while True:
             t0 = perf()
             if t0 >= stop:
@@ -152,18 +161,33 @@ async def steady_loop(
                 if t0 >= start:
                     errors += 1
                 await asyncio.sleep(0)  # a failing op must not starve the loop
-                continue
-            if t0 >= start:
-                record(perf() - t0)
+            else:
+                if t0 >= start:
+                    record(perf() - t0)
+            if first:
+                first = False
+                warmed += 1
+                if warmed == concurrency:
+                    all_warm.set()
+
+    async def control() -> None:
+        nonlocal start, stop
+        await asyncio.sleep(warmup)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, start - perf())):
+                await all_warm.wait()
+        now = perf()
+        if now < start:
+            start, stop = now, now + duration
 
     stall = 0.0
 
     async def watch() -> None:
         nonlocal stall
-        await asyncio.sleep(warmup)
         while (t0 := perf()) < stop:
             await asyncio.sleep(STALL_TICK)
-            stall = max(stall, perf() - t0 - STALL_TICK)
+            if t0 >= start:
+                stall = max(stall, perf() - t0 - STALL_TICK)
 
     gc_time = [0.0, 0.0]  # total, start of the running collection
 
@@ -176,7 +200,7 @@ async def steady_loop(
 
     gc.callbacks.append(on_gc)
     try:
-        await asyncio.gather(watch(), *(worker() for _ in range(concurrency)))
+        await asyncio.gather(control(), watch(), *(worker() for _ in range(concurrency)))
     finally:
         gc.callbacks.remove(on_gc)
     latencies.sort()
