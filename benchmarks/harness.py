@@ -1,14 +1,17 @@
 """The suite's measuring core: steady-state closed loops, paired rounds, progress events.
 
 A *round* starts ``concurrency`` workers that call ``op()`` in a loop, all
-at once. Measuring starts only when every worker has finished one operation
-(at least ``WARMUP`` s, at most ``MAX_WARMUP`` s): until then the first wave
-is still being served, and it is not the steady state -- work an
+at once. Measuring starts once as many operations finished as there are
+workers (at least ``WARMUP`` s, at most ``MAX_WARMUP`` s): until then the
+first wave is still being served, and it is not the steady state -- work an
 implementation does before queueing (httpx builds every request before its
 pool queues it) was done for the whole wave at the start, so that wave
-drains faster than the steady state serves. From then on every operation
-*started* within ``duration`` seconds is measured, each until it is done, so
-the slowest are not cut off.
+drains faster than the steady state serves. Throughput counts operations
+finished within ``duration`` seconds; latencies are those of every
+operation finished from then on, including the ones still in flight when
+the time is up (no new ones start, so they finish), however long ago they
+started: a caller an unfair pool starved through the warm-up shows up in the
+tail instead of vanishing from it.
 
 :func:`compare` runs the implementations of one workload in alternating order,
 one round each, ``rounds`` times per concurrency: neighbouring rounds see the
@@ -133,7 +136,7 @@ async def steady_loop(
     duration: float,
     warmup: float = WARMUP,
 ) -> Sample:
-    """One round: warm up, then measure operations started within ``duration``.
+    """One round: warm up, then measure ``duration`` seconds of completions.
 
     ``op`` should suspend at least once per call (I/O, or ``asyncio.sleep(0)``):
     one that never does runs in one worker at a time (the round still ends).
@@ -142,15 +145,14 @@ async def steady_loop(
     latencies: list[float] = []
     record = latencies.append
     # Set up front (the latest they can be), so an op that never suspends
-    # still ends the round; moved earlier once every worker is warm.
+    # still ends the round; moved earlier once the first wave is through.
     start = perf() + max(warmup, MAX_WARMUP)
     stop = start + duration
-    errors = warmed = 0
-    all_warm = asyncio.Event()
+    errors = done = finished = 0
+    warm = asyncio.Event()
 
     async def worker() -> None:
-        nonlocal errors, warmed
-        first = True
+        nonlocal errors, done, finished
         while True:
             t0 = perf()
             if t0 >= stop:
@@ -158,24 +160,25 @@ async def steady_loop(
             try:
                 await op()
             except Exception:
-                if t0 >= start:
+                if perf() >= start:
                     errors += 1
                 await asyncio.sleep(0)  # a failing op must not starve the loop
             else:
-                if t0 >= start:
-                    record(perf() - t0)
-            if first:
-                first = False
-                warmed += 1
-                if warmed == concurrency:
-                    all_warm.set()
+                t1 = perf()
+                if t1 >= start:
+                    record(t1 - t0)
+                    if t1 < stop:
+                        done += 1
+            finished += 1
+            if finished == concurrency:
+                warm.set()
 
     async def control() -> None:
         nonlocal start, stop
         await asyncio.sleep(warmup)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, start - perf())):
-                await all_warm.wait()
+                await warm.wait()
         now = perf()
         if now < start:
             start, stop = now, now + duration
@@ -205,7 +208,7 @@ async def steady_loop(
         gc.callbacks.remove(on_gc)
     latencies.sort()
     return Sample(
-        ops=len(latencies),
+        ops=done,
         seconds=duration,
         errors=errors,
         mean=statistics.fmean(latencies) if latencies else 0.0,

@@ -121,10 +121,13 @@ def closing_notes() -> list[str]:
     """How each side is used and what that costs in round trips."""
     return [
         "- **Method.** Callers run in a closed loop, all starting at once; measuring starts "
-        "when every caller has finished one operation (at least 0.15 s, at most 3 s), so "
-        "the first wave -- whose requests some implementations prepared before queueing -- "
-        "is not mistaken for the steady state; every operation *started* within the round "
-        "is measured, from asking for the lease to "
+        "once as many operations finished as there are callers (at least 0.15 s, at most "
+        "3 s), so the first wave -- whose requests some implementations prepare before "
+        "queueing -- is not mistaken for the steady state. ops/s counts operations finished "
+        "within the round; latencies are every operation finished from its start on, "
+        "including those still in flight at its end, however long ago they started (a "
+        "caller an unfair pool starved stays in the tail), measured from asking for the "
+        "lease to "
         "being done, so queueing counts. `gc.freeze()` after set-up, as a service is after "
         "start-up. PostgreSQL, Redis, the HTTP upstream, the load generator and the client "
         "share the machine's CPUs.",
