@@ -24,7 +24,7 @@ from benchmarks.harness import Op, Row, compare, emit, settle
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
 from resync.core.pools.http_pool import HTTPConnectionPool
-from resync.core.pools.resource_pool import ResourcePool
+from resync.core.pools.resource.pool import ResourcePool
 from resync.testing import InMemoryPool
 
 __all__ = ["PLAN", "RSS_TARGET", "run_lease", "run_rss"]

@@ -152,7 +152,7 @@ async def bench_settings(
     Each pool is opened, measured and closed in turn; a pool that cannot open
     raises its setup error after the pools opened before it are closed.
     """
-    from resync.core.pools.factory import build_pools
+    from resync.core.pools.manager.specs import build_pools
 
     results: list[PoolBenchResult] = []
     for spec, pool in build_pools(settings):

@@ -173,7 +173,7 @@ def check(
 
 
 async def _check(settings: Any) -> tuple[list[dict[str, Any]], bool]:
-    from resync.core.pools.factory import build_pools
+    from resync.core.pools.manager.specs import build_pools
 
     rows: list[dict[str, Any]] = []
     ok = True
@@ -296,7 +296,7 @@ def bench(
     from rich.progress import Progress
 
     from resync.benchmark import PoolBenchResult, bench_settings
-    from resync.core.pools.factory import pool_specs
+    from resync.core.pools.manager.specs import pool_specs
 
     settings = _settings()
     _configure_logging("WARNING")

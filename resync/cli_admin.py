@@ -7,7 +7,7 @@ There is no ``--token`` option on purpose: a token on the command line ends
 up in shell history and in ``ps`` output. The token is never printed.
 
 ``plan`` computes the connection budget of a deployment before it exists
-(:mod:`resync.core.pools.budget`). Exit codes: 0 done / fits, 1 refused,
+(:mod:`resync.core.pools.manager.budget`). Exit codes: 0 done / fits, 1 refused,
 unreachable or over budget, 2 bad settings or options.
 """
 
@@ -194,8 +194,8 @@ def register_admin_commands(app: typer.Typer, load_settings: Callable[[], Any]) 
         A limit given as an option wins; otherwise the configured server is
         asked (when reachable). Exit code 1 when a backend is over its limit.
         """
-        from resync.core.pools.budget import PoolSizing, plan_budget, read_server_limits
-        from resync.core.pools.factory import DATABASE_POOL, REDIS_POOL
+        from resync.core.pools.manager.budget import PoolSizing, plan_budget, read_server_limits
+        from resync.core.pools.manager.specs import DATABASE_POOL, REDIS_POOL
 
         settings = load_settings()
         replicas = replicas or settings.REPLICAS

@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resync.core.exceptions import SettingsError
-from resync.core.pools.redis_url import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_redis_target
+from resync.core.pools.redis.url import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_redis_target
 from resync.core.redact import mask_url
 from resync.settings_tls import check_ca_path, parse_verify, tls_problems
 

@@ -3,7 +3,7 @@
 Kept apart from :mod:`resync.settings` so that module stays a list of
 fields. Each rule broken is reported with the names of the variables
 involved; the certificates themselves are read when the pools are built
-(:mod:`resync.core.pools.tls`).
+(:mod:`resync.core.pools.manager.tls`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A pool of worker subprocesses: :class:`~resync.core.pools.resource_pool.ResourcePool` wiring."""
+"""A pool of worker subprocesses: :class:`~resync.core.pools.resource.pool.ResourcePool` wiring."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from examples.worker_pool.client import Worker
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.resource_pool import ResourcePool
+from resync.core.pools.resource.pool import ResourcePool
 
 __all__ = ["worker_pool"]
 

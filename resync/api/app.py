@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from resync import __version__
 from resync.api import admin, kv, routes
 from resync.api.errors import install_error_handlers
-from resync.core.pools.factory import DATABASE_POOL, read_setting
+from resync.core.pools.manager.specs import DATABASE_POOL, read_setting
 from resync.core.pools.pool_manager import ConnectionPoolManager
 from resync.core.prometheus import build_registry
 from resync.settings import Settings

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resync.core.exceptions import ManagerError, PoolNotFoundError
-from resync.core.pools.factory import DATABASE_POOL, HTTP_POOL, REDIS_POOL
+from resync.core.pools.manager.specs import DATABASE_POOL, HTTP_POOL, REDIS_POOL
 from resync.core.pools.pool_manager import ConnectionPoolManager
 
 __all__ = [

@@ -198,7 +198,7 @@ class ResourceBroken(ResyncError):
     """The resource a lease holds is unusable (a worker died, a socket broke).
 
     Raise it (or a subclass) inside ``async with pool.get_connection()`` of a
-    :class:`~resync.core.pools.resource_pool.ResourcePool`: the pool closes that
+    :class:`~resync.core.pools.resource.pool.ResourcePool`: the pool closes that
     resource instead of returning it, and never hands it out again.
     """
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import resync
 from resync.core.pools.base_pool import ConnectionPool
-from resync.core.pools.lease import Lease
-from resync.core.pools.state import PoolState
+from resync.core.pools.kernel.lease import Lease
+from resync.core.pools.kernel.state import PoolState
 
 __all__ = ["Leak", "LeakTracker", "creation_site"]
 

@@ -57,7 +57,7 @@ from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
 from resync.core.pools.http_pool import HTTPConnectionPool
 from resync.core.pools.redis_pool import RedisConnectionPool
-from resync.core.pools.resource_pool import ResourcePool
+from resync.core.pools.resource.pool import ResourcePool
 from tests.helpers.upstream import Upstream
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.http_orphans import reclaim_orphaned_connections
+from resync.core.pools.http.httpcore_state import reclaim_orphaned_connections
 from resync.core.pools.http_pool import HTTPConnectionPool
 from tests.helpers.upstream import Upstream
 

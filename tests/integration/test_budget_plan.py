@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from resync.core.pools.budget import BudgetLine, PoolSizing, plan_budget, read_server_limits
+from resync.core.pools.manager.budget import BudgetLine, PoolSizing, plan_budget, read_server_limits
 from resync.settings import Settings
 from tests.helpers.net import free_port
 

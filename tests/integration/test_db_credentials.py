@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from resync.core.exceptions import DatabaseSetupError
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.db_credentials import CredentialsProvider, DatabaseCredentials
+from resync.core.pools.database.credentials import CredentialsProvider, DatabaseCredentials
 from resync.core.pools.db_pool import DatabaseConnectionPool
 from tests.helpers.pg_cluster import PgCluster
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from resync.core.exceptions import DatabaseError
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
-from resync.core.pools.factory import build_pool, pool_specs
+from resync.core.pools.manager.specs import build_pool, pool_specs
 from resync.settings import Settings
 from tests.conftest import PG_URL
 from tests.helpers.pgbouncer import PgBouncer

@@ -30,8 +30,8 @@ from resync.core.exceptions import (
     PoolConfigError,
     TWSConnectionError,
 )
-from resync.core.pools import http_pool as http_pool_module
 from resync.core.pools.base_pool import ConnectionPoolConfig
+from resync.core.pools.http import pool as http_pool_module
 from resync.core.pools.http_pool import HTTPConnectionPool
 from resync.core.resilience import CircuitBreakerConfig, RetryPolicy
 from tests.helpers.net import free_port

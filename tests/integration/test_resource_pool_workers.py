@@ -16,7 +16,7 @@ import pytest
 from examples.worker_pool import Worker, WorkerDied, WorkerError, worker_pool
 from resync.core.exceptions import PoolTimeoutError, ResourceBroken
 from resync.core.pools.pool_manager import ConnectionPoolManager
-from resync.core.pools.resource_pool import ResourcePool
+from resync.core.pools.resource.pool import ResourcePool
 from resync.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,8 +26,8 @@ from resync.core.exceptions import (
 )
 from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
-from resync.core.pools.factory import pool_specs
 from resync.core.pools.http_pool import HTTPConnectionPool
+from resync.core.pools.manager.specs import pool_specs
 from resync.core.pools.pool_manager import ConnectionPoolManager
 from resync.core.pools.redis_pool import RedisConnectionPool
 from tests.helpers.net import free_port

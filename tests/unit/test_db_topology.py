@@ -11,11 +11,11 @@ from pydantic import SecretStr
 
 from resync.core.exceptions import PoolConfigError, SettingsError
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.db_credentials import CredentialSource, DatabaseCredentials
-from resync.core.pools.db_pgbouncer import pgbouncer_engine_options
+from resync.core.pools.database.credentials import CredentialSource, DatabaseCredentials
+from resync.core.pools.database.pgbouncer import pgbouncer_engine_options
+from resync.core.pools.database.topology import split_replica_urls
 from resync.core.pools.db_pool import DatabaseConnectionPool
-from resync.core.pools.db_topology import split_replica_urls
-from resync.core.pools.factory import pool_specs
+from resync.core.pools.manager.specs import pool_specs
 from resync.settings import Settings
 
 SECRET = "r3plica-Pa55"

@@ -10,8 +10,8 @@ from sqlalchemy.engine import make_url
 
 from resync.core.exceptions import DatabaseError, DatabaseSetupError, PoolConfigError
 from resync.core.pools.base_pool import ConnectionPoolConfig
+from resync.core.pools.database.url import engine_arguments, parse_database_url, shared_memory_url
 from resync.core.pools.db_pool import DatabaseConnectionPool
-from resync.core.pools.db_url import engine_arguments, parse_database_url, shared_memory_url
 
 CONFIG = ConnectionPoolConfig(pool_name="db", min_size=1, max_size=3, connection_timeout=2.5)
 

@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from resync.core.pools.budget import BudgetLine
+from resync.core.pools.manager.budget import BudgetLine
 from resync.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -374,7 +374,7 @@ def _peak_pods(budget: dict[str, int]) -> int:
 
 
 def _peak_connections(budget: dict[str, int]) -> int:
-    # The arithmetic of resync.core.pools.budget (the manager's start-up check
+    # The arithmetic of resync.core.pools.manager.budget (the manager's start-up check
     # and `resync plan`), not a copy of it.
     line = BudgetLine(
         "database",

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import generate_latest
 
-from resync.core.pools import lease as lease_module
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.factory import pool_specs
+from resync.core.pools.kernel import lease as lease_module
+from resync.core.pools.manager.specs import pool_specs
 from resync.core.pools.pool_manager import ConnectionPoolManager
 from resync.core.prometheus import build_registry
 from resync.settings import Settings

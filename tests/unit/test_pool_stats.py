@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.stats import STAT_FIELDS, WaitTimeWindow
+from resync.core.pools.kernel.stats import STAT_FIELDS, WaitTimeWindow
 from resync.testing import InMemoryPool
 
 REQUIRED_KEYS = {

@@ -6,11 +6,11 @@ import pytest
 
 from resync.core.exceptions import PoolConfigError, SettingsError
 from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.factory import build_pools
-from resync.core.pools.redis_cluster_pool import RedisClusterPool
+from resync.core.pools.manager.specs import build_pools
+from resync.core.pools.redis.cluster import RedisClusterPool
+from resync.core.pools.redis.sentinel import RedisSentinelPool
+from resync.core.pools.redis.url import create_redis_pool, parse_redis_target
 from resync.core.pools.redis_pool import RedisConnectionPool
-from resync.core.pools.redis_sentinel import RedisSentinelPool
-from resync.core.pools.redis_url import create_redis_pool, parse_redis_target
 from resync.settings import Settings
 
 CONFIG = ConnectionPoolConfig(pool_name="redis", min_size=1, max_size=2)

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from resync.core.pools.http_transport import is_upstream_failure, may_retry
+from resync.core.pools.http.transport import is_upstream_failure, may_retry
 from resync.core.resilience import (
     BreakerState,
     CircuitBreaker,

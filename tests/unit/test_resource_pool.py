@@ -23,7 +23,7 @@ from resync.core.exceptions import (
 )
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.pool_manager import ConnectionPoolManager
-from resync.core.pools.resource_pool import ResourcePool
+from resync.core.pools.resource.pool import ResourcePool
 from resync.core.prometheus import build_registry
 from resync.core.resilience import RetryPolicy
 from resync.settings import Settings

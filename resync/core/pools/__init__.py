@@ -7,7 +7,7 @@ driver.
 
 from __future__ import annotations
 
-from resync.core.pools.base_pool import (
+from resync.core.pools.kernel.pool import (
     ConnectionPool,
     ConnectionPoolConfig,
     ConnectionPoolStats,

@@ -1,7 +1,7 @@
 """The pool manager: every pool of the process, started and stopped as one.
 
 ``ConnectionPoolManager`` builds the pools that settings enable (see
-:mod:`~resync.core.pools.factory`), plus any registered with :meth:`register`,
+:mod:`~resync.core.pools.manager.specs`), plus any registered with :meth:`register`,
 opens them concurrently and all-or-nothing, watches each with a background
 health task, answers queries, and shuts everything down with one draining
 :meth:`close_all`. ``get_connection_pool_manager()`` gives the process-wide
@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from resync.core.exceptions import ManagerError, ManagerStartError, PoolNotFoundError
-from resync.core.pools.base_pool import ConnectionPool
-from resync.core.pools.budget import BudgetLine, check_budget
-from resync.core.pools.factory import build_pools, read_setting
-from resync.core.pools.health import HealthMonitor, HealthState, PoolHealth
+from resync.core.pools.kernel.pool import ConnectionPool
+from resync.core.pools.manager.budget import BudgetLine, check_budget
+from resync.core.pools.manager.health import HealthMonitor, HealthState, PoolHealth
+from resync.core.pools.manager.specs import build_pools, read_setting
 from resync.core.redact import mask_url
 from resync.settings import Settings, settings
 

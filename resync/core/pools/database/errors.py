@@ -7,7 +7,7 @@ here so the rules live in one place:
   on a write means the server we are connected to no longer takes writes -- a
   primary demoted by a failover, still reachable under the old address. Every
   pooled connection points at it, so the pool replaces them all
-  (:meth:`~resync.core.pools.db_pool.DatabaseConnectionPool.replace_all_connections`).
+  (:meth:`~resync.core.pools.database.pool.DatabaseConnectionPool.replace_all_connections`).
 - *Did the connection die mid-exchange?* Then the state of the connection is
   unknown (it is dropped, never reused), and if the exchange was a ``COMMIT``
   so is the transaction's fate:

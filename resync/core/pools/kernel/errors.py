@@ -18,9 +18,9 @@ from resync.core.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from resync.core.pools.admission import AdmissionGate
-    from resync.core.pools.config import ConnectionPoolConfig
-    from resync.core.pools.stats import ConnectionPoolStats
+    from resync.core.pools.kernel.admission import AdmissionGate
+    from resync.core.pools.kernel.config import ConnectionPoolConfig
+    from resync.core.pools.kernel.stats import ConnectionPoolStats
     from resync.core.resilience import CircuitBreaker
 
 __all__ = ["PoolErrorMessages"]

@@ -1,6 +1,6 @@
 """Drain, resize and failover retirement for the slot-based Redis pools.
 
-A Redis lease holds one :class:`~resync.core.pools.redis_slot.Slot`; these
+A Redis lease holds one :class:`~resync.core.pools.redis.connections.Slot`; these
 functions work on the pool's slot lists (``_idle``, ``_closed``, ``_slots``)
 with the same rules the pool's maintenance follows:
 
@@ -24,15 +24,15 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from resync.core.pools.live_ops import drain_pause
+from resync.core.pools.kernel.pacing import drain_pause
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from redis.asyncio.connection import AbstractConnection
 
-    from resync.core.pools.redis_pool import RedisConnectionPool
-    from resync.core.pools.redis_slot import Slot
+    from resync.core.pools.redis.connections import Slot
+    from resync.core.pools.redis.pool import RedisConnectionPool
 
 __all__ = ["drain_slots", "resize_slots", "retire_slots"]
 

@@ -1,6 +1,6 @@
 """Redis under Sentinel: leases of connections to whichever server is master now.
 
-``RedisSentinelPool`` is a :class:`~resync.core.pools.redis_pool.RedisConnectionPool`
+``RedisSentinelPool`` is a :class:`~resync.core.pools.redis.pool.RedisConnectionPool`
 whose driver is redis-py's ``SentinelConnectionPool``: every connection it
 makes is a ``SentinelManagedConnection`` that asks the Sentinels for the
 master's address each time it (re)connects. So the lease contract is the
@@ -42,11 +42,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from resync.core.exceptions import PoolConfigError
-from resync.core.pools.base_pool import ConnectionPoolConfig
-from resync.core.pools.redis_live import retire_slots
-from resync.core.pools.redis_pool import RedisConnectionPool
-from resync.core.pools.redis_slot import Slot
-from resync.core.pools.redis_url import SENTINEL_SCHEMES, RedisTarget, parse_redis_target
+from resync.core.pools.kernel.pool import ConnectionPoolConfig
+from resync.core.pools.redis.connections import Slot
+from resync.core.pools.redis.live import retire_slots
+from resync.core.pools.redis.pool import RedisConnectionPool
+from resync.core.pools.redis.url import SENTINEL_SCHEMES, RedisTarget, parse_redis_target
 from resync.core.redact import mask_url
 from resync.core.resilience import BreakerSpec
 
@@ -62,7 +62,7 @@ class RedisSentinelPool(RedisConnectionPool):
     """Leases connections to the master that Sentinel names for ``service_name``.
 
     ``redis_url``: ``redis+sentinel://[[user]:password@]host1:26379[,host2:26379...]/service[/db]``
-    (see :mod:`resync.core.pools.redis_url`); the password authenticates at
+    (see :mod:`resync.core.pools.redis.url`); the password authenticates at
     the Redis servers. ``sentinel_password`` authenticates at the Sentinels
     when they require one. ``watch_interval``: seconds between master-address
     checks besides the ``+switch-master`` subscription. Other options as for

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from resync.core.pools.http_orphans import GuardedStream, reclaim_orphaned_connections
+from resync.core.pools.http.httpcore_state import GuardedStream, reclaim_orphaned_connections
 from resync.core.resilience import CircuitBreaker, RetryPolicy
 
 __all__ = ["IDEMPOTENT_METHODS", "HTTPCounters", "ResilientTransport", "is_upstream_failure"]

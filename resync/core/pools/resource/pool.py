@@ -1,6 +1,6 @@
 """A pool of resources it opens and closes itself: worker processes, sockets, clients.
 
-``ResourcePool[T]`` is a :class:`~resync.core.pools.base_pool.ConnectionPool`
+``ResourcePool[T]`` is a :class:`~resync.core.pools.kernel.pool.ConnectionPool`
 for anything without a driver pool. Callbacks may be sync (run on the loop:
 keep them quick) or async: ``create() -> T``, ``close(T)``, optional
 ``validate(T) -> bool`` (before each checkout, on idle resources every
@@ -34,7 +34,7 @@ replaced -- unless ``reuse_after_cancel=True``, which treats it as a normal
 return (``reset`` must restore it). Cancelled during validate or reset: closed.
 The slot is always freed; a close, once started, runs to its end in its own task.
 
-A maintenance task (:mod:`~resync.core.pools.resource_maintenance`) started by
+A maintenance task (:mod:`~resync.core.pools.resource.maintenance`) started by
 ``initialize()`` expires, reaps (``idle_timeout``, down to ``min_size``),
 validates and refills. ``close()`` waits for leases up to ``drain_timeout``,
 cancels it and creations in flight, and closes every resource -- idle or held
@@ -51,8 +51,8 @@ from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any, ClassVar, TypeVar
 
-from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
-from resync.core.pools.resource_maintenance import (
+from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.resource.maintenance import (
     check_entry,
     close_entry,
     close_everything,
@@ -62,7 +62,7 @@ from resync.core.pools.resource_maintenance import (
     run_maintenance,
     trim_surplus,
 )
-from resync.core.pools.resource_support import (
+from resync.core.pools.resource.support import (
     Entry,
     IdleOrder,
     check_options,

@@ -1,6 +1,6 @@
 """How a database lease ends: commit or roll back, and what to tell the caller.
 
-A mixin of :class:`~resync.core.pools.db_pool.DatabaseConnectionPool`. The
+A mixin of :class:`~resync.core.pools.database.pool.DatabaseConnectionPool`. The
 rules, in the order they apply:
 
 - a clean exit flushes, then commits. A failing flush or a ``COMMIT`` the
@@ -31,14 +31,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from resync.core.exceptions import DatabaseCommitUnknownError, ErrorFamily
-from resync.core.pools.db_errors import connection_lost
+from resync.core.pools.database.errors import connection_lost
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from resync.core.pools.config import ConnectionPoolConfig
-    from resync.core.pools.db_connections import ConnectionStock, HeldConnection
-    from resync.core.pools.stats import ConnectionPoolStats
+    from resync.core.pools.database.stock import ConnectionStock, HeldConnection
+    from resync.core.pools.kernel.config import ConnectionPoolConfig
+    from resync.core.pools.kernel.stats import ConnectionPoolStats
 
 __all__ = ["DatabaseLeaseEnd"]
 

@@ -1,8 +1,8 @@
 """Replacing every connection of a database pool: ``drain()`` and read-only servers.
 
-A mixin of :class:`~resync.core.pools.db_pool.DatabaseConnectionPool`. The
+A mixin of :class:`~resync.core.pools.database.pool.DatabaseConnectionPool`. The
 rule is generational (see :meth:`ConnectionStock.retire_all
-<resync.core.pools.db_connections.ConnectionStock.retire_all>`): retiring
+<resync.core.pools.database.stock.ConnectionStock.retire_all>`): retiring
 starts a new generation, and no connection of an older one is handed out
 again -- idle ones are closed and reopened up to ``min_size``, leased ones
 are closed when their lease ends.
@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection, ExceptionContext
 
-from resync.core.pools.db_errors import READ_ONLY_SQLSTATE, sqlstate_of
-from resync.core.pools.state import PoolState
+from resync.core.pools.database.errors import READ_ONLY_SQLSTATE, sqlstate_of
+from resync.core.pools.kernel.state import PoolState
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from resync.core.pools.admission import AdmissionGate
-    from resync.core.pools.db_connections import ConnectionStock, HeldConnection
+    from resync.core.pools.database.stock import ConnectionStock, HeldConnection
+    from resync.core.pools.kernel.admission import AdmissionGate
 
 __all__ = ["DatabaseReplacement"]
 

@@ -3,7 +3,7 @@
 Short-lived credentials cannot sit in ``DATABASE_URL``: an AWS RDS IAM token
 lives 15 minutes, Vault's database engine leases a user and a password, a
 secret manager rotates a password on a schedule. A
-:class:`~resync.core.pools.db_pool.DatabaseConnectionPool` built with
+:class:`~resync.core.pools.database.pool.DatabaseConnectionPool` built with
 ``credentials_provider=`` calls it for every *new* connection -- warm-up,
 growth under load, the replacements ``drain()`` opens, lifetime expiry, a
 reconnect after a server restart -- and logs in with what it returns instead

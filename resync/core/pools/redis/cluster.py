@@ -42,11 +42,11 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
-from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
-from resync.core.pools.live_ops import drain_pause
-from resync.core.pools.redis_slot import is_driver_exhausted
-from resync.core.pools.redis_url import CLUSTER_SCHEMES, RedisTarget, parse_redis_target
-from resync.core.pools.stats import ConnectionPoolStats
+from resync.core.pools.kernel.pacing import drain_pause
+from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.kernel.stats import ConnectionPoolStats
+from resync.core.pools.redis.connections import is_driver_exhausted
+from resync.core.pools.redis.url import CLUSTER_SCHEMES, RedisTarget, parse_redis_target
 from resync.core.redact import mask_url, url_secrets
 from resync.core.resilience import BreakerSpec, build_circuit_breaker
 
@@ -84,7 +84,7 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
     ``redis_url``: ``redis+cluster://[[user]:password@]host1:6379[,host2:6379...]``
     (any nodes to start from). ``client_options`` go to ``RedisCluster``
     (``decode_responses``, ``ssl``...); defaults as for
-    :class:`~resync.core.pools.redis_pool.RedisConnectionPool`:
+    :class:`~resync.core.pools.redis.pool.RedisConnectionPool`:
     ``decode_responses=True``, connect and socket timeouts of
     ``connection_timeout``, TCP keepalive. ``circuit_breaker`` is off unless
     given. A bad URL raises ``PoolConfigError``.

@@ -1,16 +1,16 @@
 """Beyond one server: PgBouncer, read replicas and rotating credentials.
 
-A mixin of :class:`~resync.core.pools.db_pool.DatabaseConnectionPool` that
+A mixin of :class:`~resync.core.pools.database.pool.DatabaseConnectionPool` that
 wires three constructor options into the pool (each documented in its own
 module):
 
 - ``pgbouncer="transaction"`` (``DB_POOL_PGBOUNCER``): engine options for
-  PgBouncer's transaction pooling -- :mod:`~resync.core.pools.db_pgbouncer`;
+  PgBouncer's transaction pooling -- :mod:`~resync.core.pools.database.pgbouncer`;
 - ``replica_urls`` (``DATABASE_REPLICA_URLS``): child pools for read replicas,
   :meth:`DatabaseTopology.get_read_session`, replica health --
-  :mod:`~resync.core.pools.db_replicas`;
+  :mod:`~resync.core.pools.database.replicas`;
 - ``credentials_provider``: a fresh login for every new connection, then
-  ``drain()`` to rotate -- :mod:`~resync.core.pools.db_credentials`.
+  ``drain()`` to rotate -- :mod:`~resync.core.pools.database.credentials`.
 
 ``drain()`` of a pool with replicas drains the replicas too (a rotated
 password is usually theirs as well).
@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import ExceptionContext
 
 from resync.core.exceptions import PoolConfigError
-from resync.core.pools.db_credentials import CredentialSource, CredentialsProvider
-from resync.core.pools.db_pgbouncer import pgbouncer_engine_options
-from resync.core.pools.db_replacement import DatabaseReplacement
-from resync.core.pools.db_replicas import ReadLease, ReplicaSet
-from resync.core.pools.db_url import DatabaseTarget, parse_database_url
+from resync.core.pools.database.credentials import CredentialSource, CredentialsProvider
+from resync.core.pools.database.pgbouncer import pgbouncer_engine_options
+from resync.core.pools.database.replacement import DatabaseReplacement
+from resync.core.pools.database.replicas import ReadLease, ReplicaSet
+from resync.core.pools.database.url import DatabaseTarget, parse_database_url
 from resync.core.redact import mask_url
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from resync.core.pools.config import ConnectionPoolConfig
-    from resync.core.pools.db_pool import DatabaseConnectionPool
+    from resync.core.pools.database.pool import DatabaseConnectionPool
+    from resync.core.pools.kernel.config import ConnectionPoolConfig
 
 __all__ = ["DatabaseTopology", "split_replica_urls"]
 
@@ -58,7 +58,7 @@ class DatabaseTopology(DatabaseReplacement):
 
     #: The PgBouncer pooling mode this pool is configured for.
     pgbouncer: str
-    #: True for the child pool of a replica (see :mod:`~resync.core.pools.db_replicas`).
+    #: True for the child pool of a replica (see :mod:`~resync.core.pools.database.replicas`).
     is_replica: bool
     _credentials: CredentialSource | None
     _replica_set: ReplicaSet | None

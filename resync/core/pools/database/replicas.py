@@ -1,6 +1,6 @@
 """Read replicas of a database pool: where a read lease goes, and replica health.
 
-A :class:`~resync.core.pools.db_pool.DatabaseConnectionPool` built with
+A :class:`~resync.core.pools.database.pool.DatabaseConnectionPool` built with
 ``replica_urls`` (``DATABASE_REPLICA_URLS``) keeps one child pool per replica,
 with the primary's sizes and timeouts (each replica has its own connection
 budget), named ``<pool>-replica-<n>``. ``get_connection()`` always leases from
@@ -47,13 +47,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from resync.core.exceptions import PoolOverloadedError, PoolTimeoutError
-from resync.core.pools.state import PoolState
+from resync.core.pools.kernel.state import PoolState
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from resync.core.pools.db_pool import DatabaseConnectionPool
-    from resync.core.pools.lease import Lease
+    from resync.core.pools.database.pool import DatabaseConnectionPool
+    from resync.core.pools.kernel.lease import Lease
 
 __all__ = ["ReadLease", "Replica", "ReplicaSet", "ReplicaState"]
 

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from resync.core.pools.base_pool import ConnectionPool
-from resync.core.pools.factory import build_pools, pool_specs
+from resync.core.pools.kernel.pool import ConnectionPool
+from resync.core.pools.manager.specs import build_pools, pool_specs
 
 __all__ = [
     "BudgetLine",

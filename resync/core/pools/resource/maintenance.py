@@ -1,8 +1,8 @@
 """The resource pool's background work, bulk operations, and single-resource chores.
 
-Functions over a :class:`~resync.core.pools.resource_pool.ResourcePool`'s
+Functions over a :class:`~resync.core.pools.resource.pool.ResourcePool`'s
 private state, kept apart so the pool module stays the checkout/return state
-machine (the same split as :mod:`~resync.core.pools.lease`).
+machine (the same split as :mod:`~resync.core.pools.kernel.lease`).
 
 The maintenance task (:func:`run_maintenance`) wakes every tick -- a quarter of
 the shortest of ``idle_timeout``, ``max_lifetime`` and ``validate_interval`` --
@@ -28,10 +28,10 @@ from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from resync.core.pools.resource_support import Entry, expiry, maintenance_tick, resolve
+from resync.core.pools.resource.support import Entry, expiry, maintenance_tick, resolve
 
 if TYPE_CHECKING:
-    from resync.core.pools.resource_pool import ResourcePool
+    from resync.core.pools.resource.pool import ResourcePool
 
 __all__ = [
     "check_entry",

@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
-from resync.core.pools.tls import database_tls_options, http_tls_options, redis_tls_options
+from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
+from resync.core.pools.manager.tls import database_tls_options, http_tls_options, redis_tls_options
 from resync.core.redact import mask_url
 
 __all__ = [
@@ -171,16 +171,16 @@ def pool_specs(source: object) -> list[PoolSpec]:
 def build_pool(spec: PoolSpec) -> ConnectionPool[Any]:
     """Construct (not open) the pool of ``spec``; drivers are imported only when used."""
     if spec.backend == "database":
-        from resync.core.pools.db_pool import DatabaseConnectionPool
+        from resync.core.pools.database.pool import DatabaseConnectionPool
 
         return DatabaseConnectionPool(spec.config, spec.url, **spec.options)
     if spec.backend == "redis":
-        from resync.core.pools.redis_url import create_redis_pool
+        from resync.core.pools.redis.url import create_redis_pool
 
         # One server, Sentinel or Cluster: the URL's scheme picks the class.
         return create_redis_pool(spec.config, spec.url, **spec.options)
     if spec.backend == "http":
-        from resync.core.pools.http_pool import HTTPConnectionPool
+        from resync.core.pools.http.pool import HTTPConnectionPool
 
         return HTTPConnectionPool(spec.config, spec.url, **spec.options)
     raise ValueError(f"unknown backend {spec.backend!r}")

@@ -1,4 +1,4 @@
-"""Database URLs and engine options for :class:`~resync.core.pools.db_pool.DatabaseConnectionPool`.
+"""Database URLs and engine options for the database pool (:mod:`.pool`).
 
 Everything here is pure (no I/O), so a bad URL or option is reported before a
 socket is opened:
@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from resync.core.exceptions import PoolConfigError
-from resync.core.pools.config import ConnectionPoolConfig
+from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.redact import mask_url, url_secrets
 
 __all__ = ["DatabaseTarget", "engine_arguments", "parse_database_url", "shared_memory_url"]

@@ -12,7 +12,7 @@ twice as much per lease. The rules it keeps:
 - errors of the backend are mapped to the pool's error family on the way out,
   chained with ``from``;
 - with ``leak_detection_threshold`` set, a lease held too long is reported
-  (:mod:`resync.core.pools.leak_detection`); at 0 that costs one test per side.
+  (:mod:`resync.core.pools.kernel.leak_watch`); at 0 that costs one test per side.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from resync.core.pools.admission import CLOSED, GRANTED
-from resync.core.pools.leak_detection import LeakWatch
-from resync.core.pools.state import PoolState
+from resync.core.pools.kernel.admission import CLOSED, GRANTED
+from resync.core.pools.kernel.leak_watch import LeakWatch
+from resync.core.pools.kernel.state import PoolState
 
 _READY = PoolState.READY
 
 if TYPE_CHECKING:
-    from resync.core.pools.base_pool import ConnectionPool
+    from resync.core.pools.kernel.pool import ConnectionPool
 
 __all__ = ["Lease"]
 

@@ -26,7 +26,7 @@ from resync.core.exceptions import PoolConfigError
 from resync.core.redact import mask_url
 
 if TYPE_CHECKING:
-    from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
+    from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -171,13 +171,13 @@ def create_redis_pool(
     if sentinel_password and kind != "sentinel":
         raise PoolConfigError("a Sentinel password needs a redis+sentinel:// URL")
     if kind == "sentinel":
-        from resync.core.pools.redis_sentinel import RedisSentinelPool
+        from resync.core.pools.redis.sentinel import RedisSentinelPool
 
         return RedisSentinelPool(config, redis_url, sentinel_password=sentinel_password, **options)
     if kind == "cluster":
-        from resync.core.pools.redis_cluster_pool import RedisClusterPool
+        from resync.core.pools.redis.cluster import RedisClusterPool
 
         return RedisClusterPool(config, redis_url, **options)
-    from resync.core.pools.redis_pool import RedisConnectionPool
+    from resync.core.pools.redis.pool import RedisConnectionPool
 
     return RedisConnectionPool(config, redis_url, **options)

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from resync.core.pools.state import PoolState
+from resync.core.pools.kernel.state import PoolState
 
 if TYPE_CHECKING:
-    from resync.core.pools.config import ConnectionPoolConfig
-    from resync.core.pools.stats import ConnectionPoolStats
+    from resync.core.pools.kernel.config import ConnectionPoolConfig
+    from resync.core.pools.kernel.stats import ConnectionPoolStats
 
 __all__ = ["HealthResult", "PoolHealthChecks"]
 
@@ -34,7 +34,7 @@ class HealthResult:
 
 
 class PoolHealthChecks:
-    """Health methods of :class:`~resync.core.pools.base_pool.ConnectionPool`."""
+    """Health methods of :class:`~resync.core.pools.kernel.pool.ConnectionPool`."""
 
     if TYPE_CHECKING:
         _state: PoolState

@@ -23,10 +23,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from resync.core.pools.live_ops import drain_pause
+from resync.core.pools.kernel.pacing import drain_pause
 
 if TYPE_CHECKING:
-    from resync.core.pools.http_pool import HTTPConnectionPool
+    from resync.core.pools.http.pool import HTTPConnectionPool
 
 __all__ = ["drain_http", "resize_http"]
 

@@ -1,6 +1,6 @@
 """Small parts of the resource pool: the per-resource record and the callback glue.
 
-Kept apart from :mod:`~resync.core.pools.resource_pool` so the pool module is
+Kept apart from :mod:`~resync.core.pools.resource.pool` so the pool module is
 only the state machine.
 """
 

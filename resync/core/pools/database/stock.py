@@ -1,6 +1,6 @@
 """The open connections of one database pool and the rules for reusing them.
 
-:class:`~resync.core.pools.db_pool.DatabaseConnectionPool` runs its engine with
+:class:`~resync.core.pools.database.pool.DatabaseConnectionPool` runs its engine with
 SQLAlchemy's ``NullPool`` and keeps the connections here, because
 ``QueuePool`` cannot close idle connections above a floor, expire connections
 at jittered times, or leave resync's FIFO gate as the only queue. The rules:
@@ -50,8 +50,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from resync.core.pools.admission import AdmissionGate
-from resync.core.pools.config import ConnectionPoolConfig
+from resync.core.pools.kernel.admission import AdmissionGate
+from resync.core.pools.kernel.config import ConnectionPoolConfig
 
 __all__ = ["ConnectionStock", "HeldConnection"]
 

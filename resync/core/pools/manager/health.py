@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from resync.core.pools.base_pool import ConnectionPool, HealthResult
+from resync.core.pools.kernel.pool import ConnectionPool, HealthResult
 
 __all__ = ["HealthMonitor", "HealthState", "PoolHealth"]
 

@@ -35,7 +35,7 @@ import traceback
 from time import perf_counter
 from types import FrameType
 
-from resync.core.pools.stats import ConnectionPoolStats
+from resync.core.pools.kernel.stats import ConnectionPoolStats
 
 __all__ = ["LeakWatch", "caller_stack"]
 

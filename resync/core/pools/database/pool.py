@@ -1,0 +1,381 @@
+"""The database pool: SQLAlchemy ``AsyncSession`` leases over PostgreSQL or SQLite.
+
+The lease path, admission, stats and lifecycle are the base pool's. This
+module binds a session to each leased connection and owns what a lease means
+for a database: commit or roll back, translate SQLAlchemy errors, set the
+engine up and tear it down. Which connection a lease gets, and when one is
+pinged, expired or reaped, is :mod:`resync.core.pools.database.stock`; URL
+parsing and engine options are :mod:`resync.core.pools.database.url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from resync.core.exceptions import DATABASE_ERRORS
+from resync.core.pools.database.credentials import CredentialsProvider
+from resync.core.pools.database.errors import statement_error_hook
+from resync.core.pools.database.release import DatabaseLeaseEnd
+from resync.core.pools.database.stock import ConnectionStock, HeldConnection
+from resync.core.pools.database.topology import DatabaseTopology
+from resync.core.pools.database.url import (
+    DatabaseTarget,
+    engine_arguments,
+    parse_database_url,
+    shared_memory_url,
+)
+from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig, PoolState
+from resync.core.redact import mask_url, url_secrets
+
+__all__ = ["DatabaseConnectionPool"]
+
+logger = logging.getLogger("resync.pool")
+
+_SELECT_ONE = text("SELECT 1")
+
+
+def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
+def _ping_after(
+    target: DatabaseTarget | None, ping_idle_after: float, engine_options: dict[str, Any]
+) -> float:
+    if engine_options.get("pool_pre_ping"):
+        return 0.0
+    if target is not None and target.backend == "sqlite":
+        return math.inf  # a local file does not drop connections
+    return ping_idle_after
+
+
+class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[AsyncSession]):
+    """Leases ``AsyncSession`` objects, each bound to one connection held for the lease.
+
+    ``async with pool.get_connection() as session`` checks a connection out
+    (within ``connection_timeout``, queue included) and binds a new session to
+    it. A clean exit commits; any exception rolls back: SQLAlchemy errors come
+    out as ``DatabaseError("Database operation failed: ...")`` (counted in
+    ``connection_errors``), other exceptions unchanged. A failing commit raises
+    that ``DatabaseError``, or :class:`~resync.core.exceptions.DatabaseCommitUnknownError`
+    when the connection was lost with the ``COMMIT`` in flight (the outcome
+    is unknown: see :mod:`~resync.core.pools.database.release`); a failing rollback
+    is logged, never hides the error that caused it, and the connection is
+    discarded. The session is unbound when the lease ends, so a kept
+    reference cannot reuse it.
+
+    Statements: a server or network that stops answering holds a statement
+    (``COMMIT`` included) as long as the driver waits -- set asyncpg's
+    ``command_timeout`` in ``connect_args`` to bound it; it then raises
+    :class:`~resync.core.exceptions.DatabaseStatementTimeoutError` (also a
+    ``TimeoutError``) and the connection is aborted at once, not closed
+    politely into the silence. The ``ROLLBACK`` the pool sends itself is
+    bounded by ``connection_timeout``.
+
+    ``database_url`` is a ``str``, pydantic ``SecretStr`` or SQLAlchemy
+    ``URL``; sync driver names are upgraded (``sqlite://`` -> aiosqlite,
+    ``postgresql://`` -> asyncpg). A bad URL or driver fails ``initialize()``
+    with ``DatabaseSetupError("Failed to setup ...")``. ``engine_options`` go
+    to ``create_async_engine`` (``connect_args``, ``echo``, an SSL context,
+    asyncpg's ``statement_cache_size`` ...); the pool sets asyncpg's connect
+    timeout and a unique ``application_name`` (:attr:`application_name`)
+    unless ``connect_args`` do. ``session_options`` go to each ``AsyncSession``
+    (``expire_on_commit`` defaults to False: objects stay readable after the
+    lease).
+
+    How the config maps onto the engine (it runs ``NullPool``; the connections
+    are kept by the pool, see :mod:`~resync.core.pools.database.stock` for why):
+
+    - ``min_size``: opened by ``initialize()`` (at least one, so a bad server
+      fails at start) and kept: idle reaping stops at it and lost ones are
+      reopened in the background. (``pool_size`` never opens ahead.)
+    - ``max_size``: the admission capacity; connections are only opened under
+      an admission slot, so at most ``max_size`` are open
+      (``pool_size + max_overflow``).
+    - ``connection_timeout``: the whole budget of a lease (queue, ping,
+      connect: ``pool_timeout``); also asyncpg's connect timeout and SQLite's
+      busy timeout unless ``connect_args`` set them.
+    - ``idle_timeout``: idle connections above ``min_size`` are closed once
+      idle that long, checked every ``min(idle_timeout, max_lifetime) / 2``
+      seconds (at most 10 s); ``0`` keeps them. (No SQLAlchemy equivalent.)
+    - ``max_lifetime``: each connection expires up to 10% before it, at
+      random (``pool_recycle`` without the herd); closed when found idle,
+      never under a lease; ``0`` means never.
+
+    Dead connections: with asyncpg each checkout sends the transaction's
+    ``BEGIN`` itself, the round trip the first statement would have made
+    anyway, so every lease proves its connection alive for free; one killed
+    by the server or lost to a restart is dropped and replaced inside the
+    same lease and the caller never sees it. Pre-ping would cost asyncpg
+    three more round trips per lease; invalidate-on-error alone hands the
+    first caller after a restart an error. Connections without that hook
+    (other drivers, AUTOCOMMIT) are pinged when idle longer than
+    ``ping_idle_after`` seconds (default 1; ``pool_pre_ping=True``: always);
+    SQLite files are never pinged. A server that stays down gives a typed
+    error within ``connection_timeout``.
+
+    SQLite: ``:memory:`` becomes a uniquely named shared-cache memory database
+    kept alive by one connection the pool never leases, so every lease sees
+    the same database and a discarded connection loses nothing. Shared-cache
+    locks do not wait and SQLite has one writer, so such a pool grants one
+    lease at a time (reported ``max_size`` 1). File databases run in WAL mode
+    with a busy timeout; "database is locked" comes out as a ``DatabaseError``
+    naming the pool.
+
+    Cancellation: a lease cancelled while checking out, running a statement,
+    committing or rolling back discards its connection (its state is
+    unknown; no ``ROLLBACK`` is waited for) and frees its slot.
+    ``close()`` drains the leases, then closes every connection and the engine;
+    a lease still out after the drain has its connection terminated.
+
+    Beyond one server (:mod:`~resync.core.pools.database.topology`):
+    ``pgbouncer="transaction"`` configures asyncpg for PgBouncer's transaction
+    pooling; ``replica_urls`` adds read replicas for :meth:`get_read_session`
+    (health-checked every ``replica_check_interval`` seconds, failing over to
+    the primary); ``credentials_provider`` (sync or async, returning
+    :class:`~resync.core.pools.database.credentials.DatabaseCredentials` or a
+    password) logs every new connection in, so a rotation is a provider
+    change and a ``drain()``.
+    """
+
+    backend = "database"
+    errors = DATABASE_ERRORS
+
+    def __init__(
+        self,
+        config: ConnectionPoolConfig,
+        database_url: object,
+        *,
+        ping_idle_after: float = 1.0,
+        session_options: dict[str, Any] | None = None,
+        pgbouncer: str = "off",
+        credentials_provider: CredentialsProvider | None = None,
+        replica_urls: str | Sequence[object] | None = None,
+        replica_check_interval: float | None = None,
+        **engine_options: Any,
+    ) -> None:
+        super().__init__(config)
+        self._target: DatabaseTarget | None = None
+        self._url_problem = ""
+        try:
+            self._target = parse_database_url(database_url)
+        except ValueError as exc:  # reported by initialize(), as a setup error
+            self._url_problem = str(exc)
+        target = self._target
+        engine_options = self._init_topology(
+            target,
+            engine_options,
+            pgbouncer=pgbouncer,
+            credentials_provider=credentials_provider,
+            replica_urls=replica_urls,
+            replica_check_interval=replica_check_interval,
+            child_options={"ping_idle_after": ping_idle_after, "session_options": session_options},
+        )
+        # Unique per pool, so a DBA (or a test) finds exactly this pool's
+        # backends in pg_stat_activity; PostgreSQL keeps 63 bytes of it.
+        self.application_name = f"resync-{config.pool_name[:48]}-{secrets.token_hex(4)}"
+        self._engine_kwargs: dict[str, Any] = {}
+        if target is not None:
+            self._engine_kwargs = engine_arguments(
+                target, config, engine_options, self.application_name
+            )
+            server = self._engine_kwargs.get("connect_args", {}).get("server_settings", {})
+            self.application_name = server.get("application_name", self.application_name)
+            if target.is_memory:
+                self._gate.resize(1)
+        self._display = target.display if target is not None else mask_url(database_url)
+        self._secret_list = (
+            list(target.secrets) if target is not None else url_secrets(database_url)
+        )
+        self._sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            **{"expire_on_commit": False, **(session_options or {})}
+        )
+        self._leased: dict[AsyncSession, HeldConnection] = {}
+        self._stock = ConnectionStock(
+            self.name,
+            config,
+            ping_after=_ping_after(target, ping_idle_after, engine_options),
+            leased=self._leased.__len__,
+            scrub=self._scrub,
+        )
+        self._keeper: HeldConnection | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._init_replacement()
+
+    # --- identity ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._display
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The engine (``None`` unless ready); its own connections bypass the
+        pool's limits, so keep it for schema work and the like."""
+        return self._stock.engine
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]} url={self._display}>"
+
+    def _secrets(self) -> list[str]:
+        return self._secret_list + self._topology_secrets()
+
+    def _idle_connections(self) -> int:
+        return len(self._stock.idle)
+
+    def _admission_capacity(self, max_size: int) -> int:
+        target = self._target
+        return 1 if target is not None and target.is_memory else max_size  # see class docs
+
+    async def _apply_resize(self) -> None:
+        """After ``resize()``: idle connections above ``max_size`` close now (oldest
+        first); leased ones above it close once idle past ``idle_timeout``; the
+        pool reopens up to the new ``min_size`` when a slot is free."""
+        stock = self._stock
+        stock.config = self.config
+        surplus = len(stock.idle) + len(self._leased) - self._gate.capacity
+        while surplus > 0 and stock.idle:
+            await stock.close_gracefully(stock.idle.popleft())
+            surplus -= 1
+        await stock.top_up(self._gate, lambda: self._state is PoolState.READY)
+
+    def _details(self) -> dict[str, Any]:
+        target = self._target
+        return {
+            "target": target.display if target is not None else None,
+            "driver": target.driver if target is not None else None,
+            "application_name": self.application_name,
+            "generation": self._stock.generation,
+            "replacements": self.replacements,
+            "read_only_errors": self.read_only_errors,
+            **self._topology_details(),
+        }
+
+    # --- setup and close ---------------------------------------------------------------
+
+    async def _setup_pool(self) -> None:
+        target = self._target
+        if target is None:
+            raise ValueError(self._url_problem)
+        url = shared_memory_url(target) if target.is_memory else target.url
+        engine = create_async_engine(url, poolclass=NullPool, **self._engine_kwargs)
+        self._stock.engine = engine
+        self._use_credentials(engine)
+        stats = self.stats
+
+        def count_open(*_: Any) -> None:
+            stats.connection_creations += 1
+
+        def count_closed(*_: Any) -> None:
+            stats.connection_closures += 1
+
+        event.listen(engine.sync_engine, "handle_error", self._on_driver_error)
+        event.listen(
+            engine.sync_engine, "handle_error", statement_error_hook(self.name, self._scrub)
+        )
+        event.listen(engine.sync_engine.pool, "connect", count_open)
+        event.listen(engine.sync_engine.pool, "close", count_closed)
+        if target.backend == "sqlite" and not target.is_memory:
+            event.listen(engine.sync_engine.pool, "connect", _enable_wal)
+        if target.is_memory:
+            self._keeper = await self._open_for_setup()
+        count = min(max(self.config.min_size, 1), self._gate.capacity)
+        outcomes = await asyncio.gather(
+            *(self._warm_one() for _ in range(count)), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self._maintenance = asyncio.ensure_future(self._maintain())
+        logger.info("pool '%s': %d connection(s) open to %s", self.name, count, self._display)
+        await self._start_replicas()
+
+    async def _warm_one(self) -> None:
+        # Appended the moment it exists, so a failed setup can close it.
+        self._stock.idle.append(await self._open_for_setup())
+
+    async def _open_for_setup(self) -> HeldConnection:
+        timeout = self.config.connection_timeout
+        try:
+            return await self._stock.connect(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no connection to {self._display} within {timeout:g}s") from None
+        except Exception as exc:
+            raise ConnectionError(f"cannot connect to {self._display}: {self._scrub(exc)}") from exc
+
+    async def _close_pool(self) -> None:
+        task, self._maintenance = self._maintenance, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        await self._stop_replacement()
+        await self._stop_replicas()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        stock = self._stock
+        for held in self._leased.values():  # still out after the drain: cut off
+            stock.terminate(held)
+        self._leased.clear()
+        keeper, self._keeper = self._keeper, None
+        await stock.close_all(last=keeper)
+
+    async def _maintain(self) -> None:
+        """Run the stock's maintenance; if the event loop shuts down under a pool
+        nobody closed (``asyncio.run`` returning, a test ending), close its
+        connections rather than leave them to the garbage collector."""
+        try:
+            await self._stock.maintain(self._gate, lambda: self._state is PoolState.READY)
+        except asyncio.CancelledError:
+            if self._state is PoolState.READY:  # close() cancels only after leaving READY
+                logger.warning(
+                    "pool '%s' was never closed; closing its connections as the loop shuts down",
+                    self.name,
+                )
+                await self._close_connections()
+            raise
+
+    # --- leasing ------------------------------------------------------------------------
+
+    async def _acquire_connection(self, timeout: float) -> AsyncSession:
+        held = await self._stock.checkout(timeout)
+        session = self._sessionmaker(bind=held.conn)
+        self._leased[session] = held
+        return session
+
+    # --- errors and health -----------------------------------------------------------------
+
+    def _map_error(self, error: BaseException) -> BaseException:
+        if isinstance(error, SQLAlchemyError):
+            return self.errors.base(
+                f"Database operation failed: {self._scrub(error)} (pool '{self.name}')",
+                pool_name=self.name,
+            )
+        return error
+
+    def _is_backend_failure(self, error: BaseException) -> bool:
+        if isinstance(error, DBAPIError):
+            return bool(error.connection_invalidated)
+        return isinstance(error, OSError | TimeoutError)
+
+    async def _ping(self, connection: AsyncSession) -> None:
+        await connection.execute(_SELECT_ONE)

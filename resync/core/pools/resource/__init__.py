@@ -1,0 +1,1 @@
+"""The resource room: :class:`~.pool.ResourcePool` for things without a driver pool."""
