@@ -1,4 +1,18 @@
-"""Pacing shared by the backends' ``drain()``: replacements are spread, not bunched.
+"""Pacing rules every backend shares: drains, lifetimes, maintenance ticks, probes.
+
+One rule each, in one place:
+
+- :func:`expiry` -- a connection opened at ``now`` expires ``max_lifetime``
+  later minus up to :data:`LIFETIME_JITTER` (5%), so connections opened
+  together do not all expire together;
+- :func:`maintenance_tick` -- maintenance wakes every quarter of the shortest
+  positive period (idle timeout, lifetime, validation interval), between
+  :data:`MIN_TICK` and :data:`MAX_TICK`;
+- :func:`jittered` -- a periodic probe (health check, replica probe) sleeps its
+  interval +-10% so pools and processes do not probe in step;
+- :func:`drain_interval` / :func:`drain_pause` -- below.
+
+Drains: replacements are spread, not bunched.
 
 Replacing every connection at once would make every process of a fleet
 reconnect in the same second (TLS handshakes, AUTH, a server's accept queue),
@@ -8,7 +22,22 @@ allows one second per connection and at most :data:`MAX_DEFAULT_INTERVAL`.
 
 from __future__ import annotations
 
-__all__ = ["MAX_DEFAULT_INTERVAL", "SECONDS_PER_CONNECTION", "drain_interval", "drain_pause"]
+import math
+import random
+
+__all__ = [
+    "LIFETIME_JITTER",
+    "MAX_DEFAULT_INTERVAL",
+    "MAX_TICK",
+    "MIN_TICK",
+    "PROBE_JITTER",
+    "SECONDS_PER_CONNECTION",
+    "drain_interval",
+    "drain_pause",
+    "expiry",
+    "jittered",
+    "maintenance_tick",
+]
 
 #: Default pacing: one replacement per second ...
 SECONDS_PER_CONNECTION = 1.0
@@ -30,3 +59,33 @@ def drain_pause(interval: float | None, count: int) -> float:
     if count <= 0:
         return 0.0
     return drain_interval(interval, count) / count
+
+
+#: A lifetime is shortened by up to this fraction, at random.
+LIFETIME_JITTER = 0.05
+#: Maintenance never wakes more often than this (seconds) ...
+MIN_TICK = 0.01
+#: ... nor less often than this (also the tick when no period is set).
+MAX_TICK = 30.0
+#: A periodic probe sleeps its interval times 1 +- this fraction.
+PROBE_JITTER = 0.1
+
+
+def expiry(now: float, max_lifetime: float) -> float:
+    """When a connection opened at ``now`` expires (``inf`` when ``max_lifetime <= 0``)."""
+    if max_lifetime <= 0:
+        return math.inf
+    return now + max_lifetime * (1 - LIFETIME_JITTER * random.random())
+
+
+def maintenance_tick(*periods: float) -> float:
+    """Seconds between maintenance rounds: a quarter of the shortest positive period."""
+    positive = [p for p in periods if p > 0]
+    if not positive:
+        return MAX_TICK
+    return min(max(min(positive) / 4, MIN_TICK), MAX_TICK)
+
+
+def jittered(interval: float) -> float:
+    """``interval`` +-:data:`PROBE_JITTER`, for a probe's sleep between rounds."""
+    return interval * random.uniform(1 - PROBE_JITTER, 1 + PROBE_JITTER)
