@@ -121,6 +121,16 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         return self._state
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the pool was opened on (``None`` before ``initialize()``)."""
+        return self._loop
+
+    @property
+    def gate(self) -> AdmissionGate:
+        """The admission gate: ``max_size`` slots and a strictly FIFO wait queue."""
+        return self._gate
+
+    @property
     def is_ready(self) -> bool:
         """True between a successful ``initialize()`` and ``close()``."""
         return self._state is PoolState.READY
@@ -255,7 +265,12 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         """
         return Lease(self)
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
+        """Raise the family's error unless the pool is ready and on the current loop.
+
+        Not initialized: the "not initialized" error; closing or closed: the
+        closed error; opened on another event loop: the family's base error.
+        """
         state = self._state
         if state is not PoolState.READY:
             if state is PoolState.NEW:
@@ -267,6 +282,8 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                 "pool on the same loop (create a new pool in the new loop)",
                 pool_name=self.name,
             )
+
+    _check_usable = check_usable
 
     def _record_outcome(self, error: BaseException | None) -> None:
         """Tell the circuit breaker how a lease ended."""
@@ -446,5 +463,12 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         """Strings that must never be shown (passwords of the backend URL)."""
         return []
 
-    def _scrub(self, error: object) -> str:
+    def scrub(self, error: object) -> str:
+        """``str(error)`` with every secret of this pool (URL passwords, tokens) masked."""
         return scrub(str(error), self._secrets())
+
+    _scrub = scrub
+
+    async def ping(self, connection: ConnectionType) -> None:
+        """One round trip on a leased ``connection`` (what ``health_check`` measures)."""
+        await self._ping(connection)
