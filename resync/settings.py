@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     REDIS_SSL_KEYFILE: FilePath | None = Field(default=None, description="Key of the certificate.")
 
     # --- upstream HTTP API (on when TWS_BASE_URL is set) ---
+    # "TWS" is the seed's name for the one upstream HTTP API the service calls;
+    # its pool is named "tws_http" and its errors are TWSConnectionError.
     TWS_BASE_URL: str | None = Field(default=None, description="http(s):// base of the API.")
     HTTP_POOL_MIN_SIZE: int = Field(default=1, ge=0)
     HTTP_POOL_MAX_SIZE: int = Field(default=20, ge=1)

@@ -291,7 +291,11 @@ class RedisSetupError(RedisPoolError, PoolSetupError):
 
 
 class TWSConnectionError(ResyncError):
-    """Seed family for upstream HTTP API errors (httpx errors are mapped here)."""
+    """Seed family for upstream HTTP API errors (httpx errors are mapped here).
+
+    "TWS" is the seed's name for the upstream HTTP API (``TWS_BASE_URL``, pool
+    ``tws_http``); the name is kept so the seed's code keeps working.
+    """
 
 
 class ManagerStartError(ManagerError, TWSConnectionError):

@@ -21,18 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["CLOSED", "GRANTED", "TIMED_OUT", "AdmissionGate"]
-
-#: Outcomes of :meth:`AdmissionGate.wait`.
-GRANTED = 1
-TIMED_OUT = 0
-CLOSED = 2
+__all__ = ["CLOSED", "GRANTED", "TIMED_OUT", "Admission", "AdmissionGate"]
 
 
-def _expire(waiters: deque[asyncio.Future[int]], fut: asyncio.Future[int]) -> None:
+class Admission(enum.Enum):
+    """How :meth:`AdmissionGate.wait` ended."""
+
+    #: The caller owns one slot now and must ``release`` it.
+    GRANTED = "granted"
+    #: The timeout passed first; the caller owns nothing.
+    TIMED_OUT = "timed_out"
+    #: The gate was closed (the pool is shutting down); the caller owns nothing.
+    CLOSED = "closed"
+
+
+# Module-level names for the hot path: a global lookup, compared with ``is``.
+GRANTED = Admission.GRANTED
+TIMED_OUT = Admission.TIMED_OUT
+CLOSED = Admission.CLOSED
+
+
+def _expire(waiters: deque[asyncio.Future[Admission]], fut: asyncio.Future[Admission]) -> None:
     if not fut.done():
         fut.set_result(TIMED_OUT)
         with contextlib.suppress(ValueError):  # release() may have popped it already
@@ -53,7 +66,7 @@ class AdmissionGate:
         self.capacity = capacity
         self.max_waiting = max_waiting
         self.in_use = 0
-        self._waiters: deque[asyncio.Future[int]] = deque()
+        self._waiters: deque[asyncio.Future[Admission]] = deque()
         self._closed = False
         self.on_empty: Callable[[], None] | None = None
 
@@ -78,7 +91,7 @@ class AdmissionGate:
             return True
         return False
 
-    async def wait(self, timeout: float) -> int:
+    async def wait(self, timeout: float) -> Admission:
         """Queue for a slot; return ``GRANTED``, ``TIMED_OUT`` or ``CLOSED``.
 
         On ``GRANTED`` the caller owns one slot and must ``release`` it. On
@@ -87,7 +100,7 @@ class AdmissionGate:
         if self._closed:
             return CLOSED
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[Admission] = loop.create_future()
         waiters = self._waiters
         waiters.append(fut)
         timer = loop.call_later(timeout, _expire, waiters, fut)
@@ -96,7 +109,7 @@ class AdmissionGate:
         except BaseException:
             # Cancelled (or interrupted). If the grant already happened the
             # slot is ours: pass it on so it is neither lost nor freed twice.
-            if fut.done() and not fut.cancelled() and fut.result() == GRANTED:
+            if fut.done() and not fut.cancelled() and fut.result() is GRANTED:
                 self.release()
             else:
                 with contextlib.suppress(ValueError):

@@ -1,17 +1,20 @@
 """Error messages of the shared lease path (a mixin of ``ConnectionPool``).
 
 Each builds the backend family's exception (``self.errors``) with a message
-that names the pool, gives the figures, and says what to change.
+that names the pool, gives the figures, and says what to change. The mixin has
+no state: its methods are typed against :class:`_ErrorHost`, the public
+members of the pool they run on.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from resync.core.exceptions import (
     BackendUnavailableError,
     ErrorFamily,
     PoolClosedError,
+    PoolError,
     PoolNotInitializedError,
     PoolOverloadedError,
     PoolTimeoutError,
@@ -26,24 +29,68 @@ if TYPE_CHECKING:
 __all__ = ["PoolErrorMessages"]
 
 
-class PoolErrorMessages:
-    """Factories for the errors the lease path raises."""
+class _ErrorHost(Protocol):
+    """What the error factories read of their pool."""
 
     errors: ClassVar[ErrorFamily]
+    breaker_outcome_per_lease: ClassVar[bool]
+    config: ConnectionPoolConfig
+    stats: ConnectionPoolStats
+    circuit_breaker: CircuitBreaker | None
 
-    if TYPE_CHECKING:
-        config: ConnectionPoolConfig
-        stats: ConnectionPoolStats
-        circuit_breaker: CircuitBreaker | None
-        _gate: AdmissionGate
+    @property
+    def name(self) -> str: ...
+    @property
+    def gate(self) -> AdmissionGate: ...
+    def scrub(self, error: object) -> str: ...
+    def _is_backend_failure(self, error: BaseException) -> bool: ...
+    def _map_error(self, error: BaseException) -> BaseException: ...
+    def _timeout_error(
+        self, waited: float, cause: BaseException | None = None
+    ) -> PoolTimeoutError: ...
 
-        @property
-        def name(self) -> str: ...
-        def _scrub(self, error: object) -> str: ...
 
-    def _timeout_error(self, waited: float, cause: BaseException | None = None) -> PoolTimeoutError:
-        gate = self._gate
-        detail = f" ({self._scrub(cause)})" if cause is not None and str(cause) else ""
+class PoolErrorMessages:
+    """Factories for the errors the lease path raises, and its failure accounting."""
+
+    def _record_outcome(self: _ErrorHost, error: BaseException | None) -> None:
+        """Tell the circuit breaker how a lease ended."""
+        breaker = self.circuit_breaker
+        if breaker is None or not self.breaker_outcome_per_lease:
+            return
+        if error is not None and self._is_backend_failure(error):
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+
+    def _on_acquire_error(self: _ErrorHost, exc: BaseException, elapsed: float) -> BaseException:
+        """Count a failed checkout and map it to the family (cancellation passes)."""
+        if not isinstance(exc, Exception):
+            return exc
+        if isinstance(exc, PoolError):
+            return exc
+        self.stats.connection_errors += 1
+        if (
+            self.circuit_breaker is not None
+            and self.breaker_outcome_per_lease
+            and self._is_backend_failure(exc)
+        ):
+            self.circuit_breaker.record_failure()
+        if isinstance(exc, TimeoutError):
+            return self._timeout_error(elapsed, cause=exc)
+        mapped = self._map_error(exc)
+        if mapped is exc:
+            return self.errors.base(
+                f"Could not get a connection from pool '{self.name}': {self.scrub(exc)}",
+                pool_name=self.name,
+            )
+        return mapped
+
+    def _timeout_error(
+        self: _ErrorHost, waited: float, cause: BaseException | None = None
+    ) -> PoolTimeoutError:
+        gate = self.gate
+        detail = f" ({self.scrub(cause)})" if cause is not None and str(cause) else ""
         return self.errors.timeout(
             f"Timeout acquiring connection from pool '{self.name}' after "
             f"{self.config.connection_timeout:g}s (waited {waited:.3f}s; "
@@ -53,28 +100,28 @@ class PoolErrorMessages:
             pool_name=self.name,
         )
 
-    def _closed_error(self) -> PoolClosedError:
+    def _closed_error(self: _ErrorHost) -> PoolClosedError:
         return self.errors.closed(
             f"Pool '{self.name}' is shutdown and accepts no new leases; "
             "create and initialize a new pool",
             pool_name=self.name,
         )
 
-    def _not_initialized_error(self) -> PoolNotInitializedError:
+    def _not_initialized_error(self: _ErrorHost) -> PoolNotInitializedError:
         return self.errors.not_initialized(
             f"Pool '{self.name}' not initialized: call 'await pool.initialize()' "
             "(or use 'async with pool') before leasing",
             pool_name=self.name,
         )
 
-    def _overloaded_error(self) -> PoolOverloadedError:
+    def _overloaded_error(self: _ErrorHost) -> PoolOverloadedError:
         return self.errors.overloaded(
-            f"Pool '{self.name}' overloaded: {self._gate.waiting} callers already waiting "
+            f"Pool '{self.name}' overloaded: {self.gate.waiting} callers already waiting "
             f"(max_waiting={self.config.max_waiting}); retry later or raise max_waiting/max_size",
             pool_name=self.name,
         )
 
-    def _unavailable_error(self) -> BackendUnavailableError:
+    def _unavailable_error(self: _ErrorHost) -> BackendUnavailableError:
         breaker = self.circuit_breaker
         retry = breaker.retry_after() if breaker is not None else 0.0
         return self.errors.unavailable(

@@ -18,26 +18,87 @@ twice as much per lease. The rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import sys
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from resync.core.pools.kernel.admission import CLOSED, GRANTED
 from resync.core.pools.kernel.leak_watch import LeakWatch
 from resync.core.pools.kernel.state import PoolState
 
-_READY = PoolState.READY
-
 if TYPE_CHECKING:
-    from resync.core.pools.kernel.pool import ConnectionPool
+    from resync.core.exceptions import (
+        BackendUnavailableError,
+        PoolClosedError,
+        PoolOverloadedError,
+        PoolTimeoutError,
+    )
+    from resync.core.metrics import Histogram
+    from resync.core.pools.kernel.admission import AdmissionGate
+    from resync.core.pools.kernel.config import ConnectionPoolConfig
+    from resync.core.pools.kernel.stats import ConnectionPoolStats, WaitTimeWindow
+    from resync.core.resilience import CircuitBreaker
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "LeaseHost", "LeaseState"]
 
 logger = logging.getLogger("resync.pool")
 
 T = TypeVar("T")
+
+
+class LeaseState(enum.Enum):
+    """Where a :class:`Lease` is in its single use."""
+
+    NEW = "new"  #: not entered yet, or its entry failed: owns nothing
+    HELD = "held"  #: entered: owns one admission slot and one connection
+    DONE = "done"  #: left: owns nothing, cannot be entered again
+
+
+_NEW, _HELD, _DONE = LeaseState.NEW, LeaseState.HELD, LeaseState.DONE
+_READY = PoolState.READY
+
+
+class LeaseHost(Protocol[T]):
+    """Exactly what a lease uses of its pool: the friend access of the hot path.
+
+    :class:`~resync.core.pools.kernel.pool.ConnectionPool` is the one
+    implementation. The private members are the pool's own state and its
+    backend hooks; the lease reads them directly because a property or an
+    extra call per lease is measurable in the lease-overhead benchmark.
+    """
+
+    config: ConnectionPoolConfig
+    stats: ConnectionPoolStats
+    circuit_breaker: CircuitBreaker | None
+    wait_histogram: Histogram
+    use_histogram: Histogram
+    _state: PoolState
+    _loop: asyncio.AbstractEventLoop | None
+    _gate: AdmissionGate
+    _wait_window: WaitTimeWindow
+    _leak_threshold: float
+    _has_acquire_hook: bool
+    _has_release_hook: bool
+
+    @property
+    def name(self) -> str: ...
+    def check_usable(self) -> None: ...
+    def _unavailable_error(self) -> BackendUnavailableError: ...
+    def _overloaded_error(self) -> PoolOverloadedError: ...
+    def _closed_error(self) -> PoolClosedError: ...
+    def _timeout_error(
+        self, waited: float, cause: BaseException | None = None
+    ) -> PoolTimeoutError: ...
+    def _on_acquire_error(self, exc: BaseException, elapsed: float) -> BaseException: ...
+    def _record_outcome(self, error: BaseException | None) -> None: ...
+    def _map_error(self, error: BaseException) -> BaseException: ...
+    async def _acquire_connection(self, timeout: float) -> T: ...
+    async def _release_connection(self, connection: T, error: BaseException | None) -> None: ...
+    async def on_connection_acquired(self, connection: T) -> None: ...
+    async def on_connection_released(self, connection: T) -> None: ...
 
 
 class Lease(Generic[T]):
@@ -52,17 +113,27 @@ class Lease(Generic[T]):
 
     __slots__ = ("_conn", "_granted_at", "_leak", "_pool", "_state")
 
-    def __init__(self, pool: ConnectionPool[T]) -> None:
+    def __init__(self, pool: LeaseHost[T]) -> None:
         self._pool = pool
-        self._state = 0  # 0 new, 1 held, 2 done
+        self._state = _NEW
         self._leak: LeakWatch | None = None
 
+    @property
+    def pool(self) -> LeaseHost[T]:
+        """The pool this lease was taken from."""
+        return self._pool
+
+    @property
+    def state(self) -> LeaseState:
+        """New, held or done."""
+        return self._state
+
     async def __aenter__(self) -> T:
-        if self._state:
+        if self._state is not _NEW:
             raise RuntimeError("a Lease can be entered only once; call get_connection() again")
         pool = self._pool
         if pool._state is not _READY or pool._loop is not asyncio.get_running_loop():
-            pool._check_usable()
+            pool.check_usable()
         stats = pool.stats
         breaker = pool.circuit_breaker
         if breaker is not None and not breaker.allow():
@@ -85,9 +156,9 @@ class Lease(Generic[T]):
                 raise
             finally:
                 stats.waiting_connections -= 1
-            if outcome != GRANTED:
+            if outcome is not GRANTED:
                 stats.pool_misses += 1
-                if outcome == CLOSED:
+                if outcome is CLOSED:
                     raise pool._closed_error()
                 stats.pool_exhaustions += 1
                 raise pool._timeout_error(perf_counter() - start)
@@ -103,7 +174,7 @@ class Lease(Generic[T]):
                 raise
             raise mapped from exc
         self._conn = conn
-        self._state = 1
+        self._state = _HELD
         now = self._granted_at = perf_counter()
         waited = now - start
         stats.pool_hits += 1
@@ -128,9 +199,9 @@ class Lease(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != 1:
+        if self._state is not _HELD:
             return
-        self._state = 2
+        self._state = _DONE
         pool = self._pool
         conn = self._conn
         del self._conn

@@ -25,13 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from resync.core.exceptions import (
     GENERIC_ERRORS,
     ErrorFamily,
     PoolConfigError,
-    PoolError,
     ResyncError,
 )
 from resync.core.metrics import Histogram
@@ -87,12 +86,15 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         self.config = config
         self.stats = ConnectionPoolStats()
         self._wait_window = WaitTimeWindow(self.MAX_WAIT_TIMES)
+        # The seed's name: the last MAX_WAIT_TIMES wait times, oldest first (read-only view).
         self._wait_times = self._wait_window.values
         self.wait_histogram = Histogram()
         self.use_histogram = Histogram()
         self.circuit_breaker: CircuitBreaker | None = None
         self._gate = AdmissionGate(config.max_size, config.max_waiting)
         self._state = PoolState.NEW
+        # The seed's flags: _initialized = initialize() has succeeded once;
+        # _shutdown = close() has begun (the lifecycle itself is ``_state``).
         self._initialized = False
         self._shutdown = False
         self._init_lock: asyncio.Lock | None = None
@@ -243,7 +245,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         except BaseException as exc:  # cleanup must not hide the setup error
             logger.debug("pool '%s': cleanup after failed setup: %s", self.name, self._scrub(exc))
 
-    async def __aenter__(self) -> ConnectionPool[ConnectionType]:
+    async def __aenter__(self) -> Self:
         await self.initialize()
         return self
 
@@ -284,39 +286,6 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
             )
 
     _check_usable = check_usable
-
-    def _record_outcome(self, error: BaseException | None) -> None:
-        """Tell the circuit breaker how a lease ended."""
-        breaker = self.circuit_breaker
-        if breaker is None or not self.breaker_outcome_per_lease:
-            return
-        if error is not None and self._is_backend_failure(error):
-            breaker.record_failure()
-        else:
-            breaker.record_success()
-
-    def _on_acquire_error(self, exc: BaseException, elapsed: float) -> BaseException:
-        """Count a failed checkout and map it to the family (cancellation passes)."""
-        if not isinstance(exc, Exception):
-            return exc
-        if isinstance(exc, PoolError):
-            return exc
-        self.stats.connection_errors += 1
-        if (
-            self.circuit_breaker is not None
-            and self.breaker_outcome_per_lease
-            and self._is_backend_failure(exc)
-        ):
-            self.circuit_breaker.record_failure()
-        if isinstance(exc, TimeoutError):
-            return self._timeout_error(elapsed, cause=exc)
-        mapped = self._map_error(exc)
-        if mapped is exc:
-            return self.errors.base(
-                f"Could not get a connection from pool '{self.name}': {self._scrub(exc)}",
-                pool_name=self.name,
-            )
-        return mapped
 
     # --- live operations ------------------------------------------------------------
 
