@@ -44,6 +44,7 @@ services:
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check resync tests examples benchmarks
 	$(BIN)/ruff format --check resync tests examples benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
