@@ -479,7 +479,7 @@ async def test_lifetimes_are_jittered_so_connections_do_not_expire_together(
     after = time.monotonic()
     deadlines = [held.expires_at for held in pool._stock.idle]
     assert len(set(deadlines)) == 5
-    assert all(before + 90 <= d <= after + 100 for d in deadlines)
+    assert all(before + 95 <= d <= after + 100 for d in deadlines)  # kernel expiry: up to 5%
 
 
 async def test_pre_ping_replaces_a_connection_that_died_while_idle(

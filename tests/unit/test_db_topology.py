@@ -205,7 +205,7 @@ def test_provider_must_be_callable() -> None:
 async def test_provided_passwords_are_scrubbed_from_the_pool_errors() -> None:
     tokens = iter(["first-token-abc", "second-token-xyz"])
     pool = DatabaseConnectionPool(config(), PG, credentials_provider=lambda: next(tokens))
-    source = pool._credentials
+    source = pool._topology.credentials
     assert source is not None
     await source.fetch()
     await source.fetch()

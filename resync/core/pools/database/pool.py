@@ -4,41 +4,39 @@ The lease path, admission, stats and lifecycle are the base pool's. This
 module binds a session to each leased connection and owns what a lease means
 for a database: commit or roll back, translate SQLAlchemy errors, set the
 engine up and tear it down. Which connection a lease gets, and when one is
-pinged, expired or reaped, is :mod:`resync.core.pools.database.stock`; URL
-parsing and engine options are :mod:`resync.core.pools.database.url`.
+pinged, expired or reaped, is :mod:`~resync.core.pools.database.stock`; URL
+parsing and engine options are :mod:`~resync.core.pools.database.url`, the
+engine's hooks :mod:`~resync.core.pools.database.engine`. The pool composes
+the objects that own the rest: :class:`~.stock.ConnectionStock` (its
+connections), :class:`~.release.LeaseEnd` (commit or roll back),
+:class:`~.replacement.Replacement` (``drain()``, a read-only server) and
+:class:`~.topology.Topology` (PgBouncer, replicas, credentials).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resync.core.exceptions import DATABASE_ERRORS
 from resync.core.pools.database.credentials import CredentialsProvider
-from resync.core.pools.database.errors import statement_error_hook
-from resync.core.pools.database.release import DatabaseLeaseEnd
-from resync.core.pools.database.stock import ConnectionStock, HeldConnection
-from resync.core.pools.database.topology import DatabaseTopology
-from resync.core.pools.database.url import (
-    DatabaseTarget,
-    engine_arguments,
-    parse_database_url,
-    shared_memory_url,
-)
+from resync.core.pools.database.engine import create_engine, ping_after
+from resync.core.pools.database.record import ConnectionRecord
+from resync.core.pools.database.release import LeaseEnd
+from resync.core.pools.database.replacement import Replacement
+from resync.core.pools.database.replicas import ReadLease
+from resync.core.pools.database.stock import ConnectionStock
+from resync.core.pools.database.topology import Topology
+from resync.core.pools.database.url import DatabaseTarget, engine_arguments, parse_database_url
+from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.redact import mask_url, url_secrets
 
@@ -49,25 +47,7 @@ logger = logging.getLogger("resync.pool")
 _SELECT_ONE = text("SELECT 1")
 
 
-def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
-
-
-def _ping_after(
-    target: DatabaseTarget | None, ping_idle_after: float, engine_options: dict[str, Any]
-) -> float:
-    if engine_options.get("pool_pre_ping"):
-        return 0.0
-    if target is not None and target.backend == "sqlite":
-        return math.inf  # a local file does not drop connections
-    return ping_idle_after
-
-
-class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[AsyncSession]):
+class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     """Leases ``AsyncSession`` objects, each bound to one connection held for the lease.
 
     ``async with pool.get_connection() as session`` checks a connection out
@@ -114,9 +94,9 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
       connect: ``pool_timeout``); also asyncpg's connect timeout and SQLite's
       busy timeout unless ``connect_args`` set them.
     - ``idle_timeout``: idle connections above ``min_size`` are closed once
-      idle that long, checked every ``min(idle_timeout, max_lifetime) / 2``
-      seconds (at most 10 s); ``0`` keeps them. (No SQLAlchemy equivalent.)
-    - ``max_lifetime``: each connection expires up to 10% before it, at
+      idle that long, checked every ``min(idle_timeout, max_lifetime) / 4``
+      seconds (0.01 to 30 s); ``0`` keeps them. (No SQLAlchemy equivalent.)
+    - ``max_lifetime``: each connection expires up to 5% before it, at
       random (``pool_recycle`` without the herd); closed when found idle,
       never under a lease; ``0`` means never.
 
@@ -153,7 +133,9 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
     the primary); ``credentials_provider`` (sync or async, returning
     :class:`~resync.core.pools.database.credentials.DatabaseCredentials` or a
     password) logs every new connection in, so a rotation is a provider
-    change and a ``drain()``.
+    change and a ``drain()``. A replica's own pool (``is_replica``) does not
+    treat SQLSTATE 25006 as a failover: a write sent to it is the caller's
+    mistake (see :mod:`~resync.core.pools.database.replacement`).
     """
 
     backend = "database"
@@ -180,15 +162,33 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
         except ValueError as exc:  # reported by initialize(), as a setup error
             self._url_problem = str(exc)
         target = self._target
-        engine_options = self._init_topology(
+        #: True for the child pool of a replica (see :mod:`~resync.core.pools.database.replicas`).
+        self.is_replica = False
+
+        def make_replica(child_config: ConnectionPoolConfig, url: object) -> DatabaseConnectionPool:
+            child = type(self)(
+                child_config,
+                url,
+                ping_idle_after=ping_idle_after,
+                session_options=session_options,
+                pgbouncer=pgbouncer,
+                credentials_provider=credentials_provider,
+                **engine_options,
+            )
+            child.is_replica = True
+            return child
+
+        self._topology: Topology[DatabaseConnectionPool] = Topology(
+            config,
             target,
             engine_options,
             pgbouncer=pgbouncer,
             credentials_provider=credentials_provider,
             replica_urls=replica_urls,
             replica_check_interval=replica_check_interval,
-            child_options={"ping_idle_after": ping_idle_after, "session_options": session_options},
+            make_replica=make_replica,
         )
+        engine_options = self._topology.engine_options
         # Unique per pool, so a DBA (or a test) finds exactly this pool's
         # backends in pg_stat_activity; PostgreSQL keeps 63 bytes of it.
         self.application_name = f"resync-{config.pool_name[:48]}-{secrets.token_hex(4)}"
@@ -208,17 +208,25 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
         self._sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
             **{"expire_on_commit": False, **(session_options or {})}
         )
-        self._leased: dict[AsyncSession, HeldConnection] = {}
         self._stock = ConnectionStock(
             self.name,
             config,
-            ping_after=_ping_after(target, ping_idle_after, engine_options),
-            leased=self._leased.__len__,
-            scrub=self._scrub,
+            ping_after=ping_after(target, ping_idle_after, engine_options),
+            scrub=self.scrub,
         )
-        self._keeper: HeldConnection | None = None
+        self._lease_end = LeaseEnd(
+            self.name,
+            stock=self._stock,
+            stats=self.stats,
+            errors=self.errors,
+            rollback_timeout=config.connection_timeout,
+            scrub=self.scrub,
+        )
+        self._replacement = Replacement(
+            self.name, stock=self._stock, gate=self.gate, is_ready=self._is_ready, scrub=self.scrub
+        )
+        self._keeper: ConnectionRecord | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self._init_replacement()
 
     # --- identity ---------------------------------------------------------------------
 
@@ -233,14 +241,27 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
         pool's limits, so keep it for schema work and the like."""
         return self._stock.engine
 
+    @property
+    def pgbouncer(self) -> str:
+        """The PgBouncer pooling mode this pool is configured for."""
+        return self._topology.pgbouncer
+
+    @property
+    def idle_count(self) -> int:
+        """Connections open and idle now (no lease holds them)."""
+        return len(self._stock.idle)
+
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]} url={self._display}>"
 
     def _secrets(self) -> list[str]:
-        return self._secret_list + self._topology_secrets()
+        return self._secret_list + self._topology.secrets()
 
     def _idle_connections(self) -> int:
-        return len(self._stock.idle)
+        return self.idle_count
+
+    def _is_ready(self) -> bool:
+        return self._state is PoolState.READY
 
     def _admission_capacity(self, max_size: int) -> int:
         target = self._target
@@ -252,11 +273,8 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
         pool reopens up to the new ``min_size`` when a slot is free."""
         stock = self._stock
         stock.config = self.config
-        surplus = len(stock.idle) + len(self._leased) - self._gate.capacity
-        while surplus > 0 and stock.idle:
-            await stock.close_gracefully(stock.idle.popleft())
-            surplus -= 1
-        await stock.top_up(self._gate, lambda: self._state is PoolState.READY)
+        await stock.shed(self._gate.capacity)
+        await stock.top_up(self._gate, self._is_ready)
 
     def _details(self) -> dict[str, Any]:
         target = self._target
@@ -267,7 +285,7 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
             "generation": self._stock.generation,
             "replacements": self.replacements,
             "read_only_errors": self.read_only_errors,
-            **self._topology_details(),
+            **self._topology.details(),
         }
 
     # --- setup and close ---------------------------------------------------------------
@@ -276,26 +294,16 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
         target = self._target
         if target is None:
             raise ValueError(self._url_problem)
-        url = shared_memory_url(target) if target.is_memory else target.url
-        engine = create_async_engine(url, poolclass=NullPool, **self._engine_kwargs)
-        self._stock.engine = engine
-        self._use_credentials(engine)
-        stats = self.stats
-
-        def count_open(*_: Any) -> None:
-            stats.connection_creations += 1
-
-        def count_closed(*_: Any) -> None:
-            stats.connection_closures += 1
-
-        event.listen(engine.sync_engine, "handle_error", self._on_driver_error)
-        event.listen(
-            engine.sync_engine, "handle_error", statement_error_hook(self.name, self._scrub)
+        engine = create_engine(
+            target,
+            self._engine_kwargs,
+            name=self.name,
+            stats=self.stats,
+            scrub=self.scrub,
+            on_driver_error=self._on_driver_error,
         )
-        event.listen(engine.sync_engine.pool, "connect", count_open)
-        event.listen(engine.sync_engine.pool, "close", count_closed)
-        if target.backend == "sqlite" and not target.is_memory:
-            event.listen(engine.sync_engine.pool, "connect", _enable_wal)
+        self._stock.engine = engine
+        self._stock.opener = self._topology.use_credentials(engine)
         if target.is_memory:
             self._keeper = await self._open_for_setup()
         count = min(max(self.config.min_size, 1), self._gate.capacity)
@@ -305,46 +313,41 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        self._maintenance = asyncio.ensure_future(self._maintain())
+        self._maintenance = start_task(self._maintain(), name=f"resync-db-maintain-{self.name}")
         logger.info("pool '%s': %d connection(s) open to %s", self.name, count, self._display)
-        await self._start_replicas()
+        await self._topology.start()
 
     async def _warm_one(self) -> None:
-        # Appended the moment it exists, so a failed setup can close it.
-        self._stock.idle.append(await self._open_for_setup())
+        # Kept the moment it exists, so a failed setup can close it.
+        self._stock.add(await self._open_for_setup())
 
-    async def _open_for_setup(self) -> HeldConnection:
+    async def _open_for_setup(self) -> ConnectionRecord:
         timeout = self.config.connection_timeout
         try:
             return await self._stock.connect(timeout)
         except TimeoutError:
             raise TimeoutError(f"no connection to {self._display} within {timeout:g}s") from None
         except Exception as exc:
-            raise ConnectionError(f"cannot connect to {self._display}: {self._scrub(exc)}") from exc
+            raise ConnectionError(f"cannot connect to {self._display}: {self.scrub(exc)}") from exc
 
     async def _close_pool(self) -> None:
         task, self._maintenance = self._maintenance, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        await self._stop_replacement()
-        await self._stop_replicas()
+        await stop_task(task)
+        await self._replacement.stop()
+        await self._topology.stop()
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        stock = self._stock
-        for held in self._leased.values():  # still out after the drain: cut off
-            stock.terminate(held)
-        self._leased.clear()
+        # A lease still out after the drain is cut off (see ConnectionStock.close_all).
         keeper, self._keeper = self._keeper, None
-        await stock.close_all(last=keeper)
+        await self._stock.close_all(last=keeper)
 
     async def _maintain(self) -> None:
         """Run the stock's maintenance; if the event loop shuts down under a pool
         nobody closed (``asyncio.run`` returning, a test ending), close its
         connections rather than leave them to the garbage collector."""
         try:
-            await self._stock.maintain(self._gate, lambda: self._state is PoolState.READY)
+            await self._stock.maintain(self._gate, self._is_ready)
         except asyncio.CancelledError:
             if self._state is PoolState.READY:  # close() cancels only after leaving READY
                 logger.warning(
@@ -359,15 +362,75 @@ class DatabaseConnectionPool(DatabaseLeaseEnd, DatabaseTopology, ConnectionPool[
     async def _acquire_connection(self, timeout: float) -> AsyncSession:
         held = await self._stock.checkout(timeout)
         session = self._sessionmaker(bind=held.conn)
-        self._leased[session] = held
+        self._stock.lend(session, held)
         return session
+
+    async def _release_connection(self, session: AsyncSession, error: BaseException | None) -> None:
+        await self._lease_end.end(session, error)
+
+    # --- reads on replicas, replacement ------------------------------------------------
+
+    @property
+    def replicas(self) -> list[DatabaseConnectionPool]:
+        """The replicas' own pools (empty without ``replica_urls``)."""
+        return self._topology.replicas
+
+    def get_read_session(self) -> ReadLease:
+        """Lease a session for reads: ``async with pool.get_read_session() as session``.
+
+        Goes to the least busy healthy replica, else to the primary (without
+        ``replica_urls``: always the primary). A replica that cannot give a
+        connection is taken out and the next is tried, so a replica outage
+        costs no failed read; a replica that does not answer within
+        ``connection_timeout`` raises the pool's timeout error and is taken
+        out. Otherwise as ``get_connection()``: commit on clean exit, roll
+        back on an exception, cancellation frees the slot; after ``close()``
+        the "is shutdown" error. Writes belong on ``get_connection()``: a
+        replica refuses them (SQLSTATE 25006, a ``DatabaseError``).
+        """
+        return self._topology.read_lease(self)
+
+    @property
+    def read_only_errors(self) -> int:
+        """Errors with SQLSTATE 25006 seen (each retires the connections at most once)."""
+        return self._replacement.read_only_errors
+
+    @property
+    def replacements(self) -> int:
+        """Times every connection was retired (``drain()`` or a read-only server)."""
+        return self._replacement.replacements
+
+    def replace_all_connections(self, reason: str) -> int:
+        """Retire every connection now, so each later lease runs on a fresh one.
+
+        For when the server behind the connections changed or went bad (a
+        read-only ex-primary, a failover): no I/O and no ``await``, so it can
+        be called from anywhere, a SQLAlchemy event handler included. Idle
+        connections are closed in the background and reopened up to
+        ``min_size``; leased ones are closed when their lease ends. Logs
+        ``reason`` once; returns how many connections were retired (0 unless
+        the pool is ready). ``close()`` stops the background replacement.
+        """
+        return self._replacement.replace_all(reason)
+
+    async def _replace_connections(self, interval: float | None) -> int:
+        # drain(): this pool's connections, then the replicas' (a rotated
+        # password is usually theirs as well).
+        replaced = await self._replacement.drain(interval)
+        return replaced + await self._topology.drain(interval)
+
+    def _on_driver_error(self, context: ExceptionContext) -> None:
+        # A replica refusing a write (25006) is the caller's mistake, not a
+        # demoted primary: the primary's handler would retire every connection.
+        if not self.is_replica:
+            self._replacement.on_driver_error(context)
 
     # --- errors and health -----------------------------------------------------------------
 
     def _map_error(self, error: BaseException) -> BaseException:
         if isinstance(error, SQLAlchemyError):
             return self.errors.base(
-                f"Database operation failed: {self._scrub(error)} (pool '{self.name}')",
+                f"Database operation failed: {self.scrub(error)} (pool '{self.name}')",
                 pool_name=self.name,
             )
         return error

@@ -1,7 +1,8 @@
 """How a database lease ends: commit or roll back, and what to tell the caller.
 
-A mixin of :class:`~resync.core.pools.database.pool.DatabaseConnectionPool`. The
-rules, in the order they apply:
+:class:`LeaseEnd`, owned by
+:class:`~resync.core.pools.database.pool.DatabaseConnectionPool`, runs its
+``_release_connection``. The rules, in the order they apply:
 
 - a clean exit flushes, then commits. A failing flush or a ``COMMIT`` the
   server refused rolls back and raises ``DatabaseError("Database operation
@@ -25,22 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from resync.core.exceptions import DatabaseCommitUnknownError, ErrorFamily
 from resync.core.pools.database.errors import connection_lost
+from resync.core.pools.database.record import ConnectionRecord
+from resync.core.pools.database.stock import ConnectionStock
+from resync.core.pools.kernel.stats import ConnectionPoolStats
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    from resync.core.pools.database.stock import ConnectionStock, HeldConnection
-    from resync.core.pools.kernel.config import ConnectionPoolConfig
-    from resync.core.pools.kernel.stats import ConnectionPoolStats
-
-__all__ = ["DatabaseLeaseEnd"]
+__all__ = ["LeaseEnd"]
 
 logger = logging.getLogger("resync.pool")
 
@@ -50,7 +48,7 @@ class _CommitFailed(Exception):
 
 
 # Run inside SQLAlchemy's greenlet: one switch for the whole step.
-def _commit_and_close(session: Session, held: HeldConnection | None) -> bool:
+def _commit_and_close(session: Session, held: ConnectionRecord | None) -> bool:
     session.flush()  # a failure here comes before COMMIT: nothing was committed
     try:
         session.commit()
@@ -63,7 +61,7 @@ def _commit_and_close(session: Session, held: HeldConnection | None) -> bool:
         return False
 
 
-def _rollback_and_close(session: Session, held: HeldConnection | None) -> Exception | None:
+def _rollback_and_close(session: Session, held: ConnectionRecord | None) -> Exception | None:
     try:
         session.rollback()
         session.close()
@@ -78,23 +76,43 @@ def _rollback_and_close(session: Session, held: HeldConnection | None) -> Except
     return None
 
 
-class DatabaseLeaseEnd:
-    """``_release_connection`` of the database pool; see the module docstring."""
+class LeaseEnd:
+    """Ends the leases of one pool; see the module docstring.
 
-    errors: ClassVar[ErrorFamily]
+    ``rollback_timeout`` bounds the ``ROLLBACK`` the pool sends itself (the
+    pool's ``connection_timeout``); ``errors`` is the pool's error family and
+    ``scrub`` its secret filter. Counts into ``stats.connection_errors``.
+    """
 
-    if TYPE_CHECKING:
-        config: ConnectionPoolConfig
-        stats: ConnectionPoolStats
-        _stock: ConnectionStock
-        _leased: dict[AsyncSession, HeldConnection]
+    __slots__ = ("errors", "name", "rollback_timeout", "scrub", "stats", "stock")
 
-        @property
-        def name(self) -> str: ...
-        def _scrub(self, error: object) -> str: ...
+    def __init__(
+        self,
+        name: str,
+        *,
+        stock: ConnectionStock,
+        stats: ConnectionPoolStats,
+        errors: ErrorFamily,
+        rollback_timeout: float,
+        scrub: Callable[[object], str],
+    ) -> None:
+        self.name = name
+        self.stock = stock
+        self.stats = stats
+        self.errors = errors
+        self.rollback_timeout = rollback_timeout
+        self.scrub = scrub
 
-    async def _release_connection(self, session: AsyncSession, error: BaseException | None) -> None:
-        held = self._leased.pop(session, None)
+    async def end(self, session: AsyncSession, error: BaseException | None) -> None:
+        """End the lease of ``session``: commit (``error is None``) or roll back.
+
+        Raises the commit failures the module docstring lists. Cancelled, the
+        connection is discarded (its state is unknown) and the cancellation
+        propagates; either way the connection goes back to the stock and the
+        session is unbound. A lease cut off by ``close()`` (after the drain)
+        finds its connection already terminated, so its commit fails.
+        """
+        held = self.stock.take_back(session)
         reusable = False
         failure: Exception | None = None
         commit_sent = False
@@ -117,7 +135,7 @@ class DatabaseLeaseEnd:
             # A reference kept past the lease must not reach this connection again.
             session.bind = session.sync_session.bind = None
             if held is not None:  # None: cut off by close() after the drain
-                self._stock.check_in(held, reusable)
+                self.stock.check_in(held, reusable)
         if failure is not None:
             self._raise_commit_failure(failure, unknown=commit_sent and connection_lost(failure))
 
@@ -127,7 +145,7 @@ class DatabaseLeaseEnd:
             raise DatabaseCommitUnknownError(
                 f"Database operation failed: the connection was lost during COMMIT, so the "
                 f"transaction may or may not have been committed: {type(failure).__name__} "
-                f"{self._scrub(failure)} (pool '{self.name}'). Check for its effect before "
+                f"{self.scrub(failure)} (pool '{self.name}'). Check for its effect before "
                 "retrying it",
                 pool_name=self.name,
             ) from failure
@@ -136,12 +154,12 @@ class DatabaseLeaseEnd:
         self.stats.connection_errors += 1
         raise self.errors.base(
             f"Database operation failed: commit failed and was rolled back: "
-            f"{self._scrub(failure)} (pool '{self.name}')",
+            f"{self.scrub(failure)} (pool '{self.name}')",
             pool_name=self.name,
         ) from failure
 
     async def _roll_back(
-        self, session: AsyncSession, held: HeldConnection | None, cause: BaseException
+        self, session: AsyncSession, held: ConnectionRecord | None, cause: BaseException
     ) -> bool:
         """Roll back and close ``session``; False: discard the connection.
 
@@ -157,7 +175,7 @@ class DatabaseLeaseEnd:
                 held.abort()
             await session.run_sync(_rollback_and_close, None)
             return False
-        timeout = self.config.connection_timeout
+        timeout = self.rollback_timeout
         try:
             async with asyncio.timeout(timeout):
                 problem = await session.run_sync(_rollback_and_close, held)
@@ -172,6 +190,6 @@ class DatabaseLeaseEnd:
             "pool '%s': rollback after %s failed; discarding the connection: %s",
             self.name,
             type(cause).__name__,
-            self._scrub(problem),
+            self.scrub(problem),
         )
         return False

@@ -1,7 +1,8 @@
 """Replacing every connection of a database pool: ``drain()`` and read-only servers.
 
-A mixin of :class:`~resync.core.pools.database.pool.DatabaseConnectionPool`. The
-rule is generational (see :meth:`ConnectionStock.retire_all
+:class:`Replacement`, owned by
+:class:`~resync.core.pools.database.pool.DatabaseConnectionPool`. The rule is
+generational (see :meth:`ConnectionStock.retire_all
 <resync.core.pools.database.stock.ConnectionStock.retire_all>`): retiring
 starts a new generation, and no connection of an older one is handed out
 again -- idle ones are closed and reopened up to ``min_size``, leased ones
@@ -20,103 +21,109 @@ Two things retire the connections:
   replacement: errors from connections already retired only count.
 
 Code that learns of a failover some other way (a replica manager, a health
-probe) calls :meth:`DatabaseReplacement.replace_all_connections` the same way.
+probe) calls :meth:`DatabaseConnectionPool.replace_all_connections
+<resync.core.pools.database.pool.DatabaseConnectionPool.replace_all_connections>`
+the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from sqlalchemy.engine import Connection, ExceptionContext
 
 from resync.core.pools.database.errors import READ_ONLY_SQLSTATE, sqlstate_of
-from resync.core.pools.kernel.state import PoolState
+from resync.core.pools.database.record import ConnectionRecord
+from resync.core.pools.database.stock import ConnectionStock
+from resync.core.pools.kernel.admission import AdmissionGate
+from resync.core.pools.kernel.loops import start_task, stop_task
+from resync.core.pools.kernel.pacing import drain_interval
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    from resync.core.pools.database.stock import ConnectionStock, HeldConnection
-    from resync.core.pools.kernel.admission import AdmissionGate
-
-__all__ = ["DatabaseReplacement"]
+__all__ = ["Replacement"]
 
 logger = logging.getLogger("resync.pool")
 
 
-class DatabaseReplacement:
-    """``replace_all_connections``, the ``drain()`` hook and the 25006 handler."""
+class Replacement:
+    """Retires and replaces the connections of one pool's ``stock``.
 
-    #: Errors with SQLSTATE 25006 seen (each retires the connections at most once).
-    read_only_errors: int
-    #: Times every connection was retired (``drain()`` or a read-only server).
-    replacements: int
-    _replacer: asyncio.Task[None] | None
+    Owns the counters and the background task of a replacement; ``gate`` and
+    ``is_ready`` are the pool's (connections are reopened under an admission
+    slot, and only while the pool is ready).
+    """
 
-    if TYPE_CHECKING:
-        _stock: ConnectionStock
-        _leased: dict[AsyncSession, HeldConnection]
-        _state: PoolState
-        _gate: AdmissionGate
-
-        @property
-        def name(self) -> str: ...
-        def _scrub(self, error: object) -> str: ...
-
-    def _init_replacement(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        stock: ConnectionStock,
+        gate: AdmissionGate,
+        is_ready: Callable[[], bool],
+        scrub: Callable[[object], str],
+    ) -> None:
+        self.name = name
+        #: Errors with SQLSTATE 25006 seen (each retires the connections at most once).
         self.read_only_errors = 0
+        #: Times every connection was retired (``drain()`` or a read-only server).
         self.replacements = 0
-        self._replacer = None
+        self._stock = stock
+        self._gate = gate
+        self._is_ready = is_ready
+        self._scrub = scrub
+        self._replacer: asyncio.Task[None] | None = None
 
-    async def _stop_replacement(self) -> None:
+    async def stop(self) -> None:
+        """Stop the background replacement, if one runs (``close()``): cancel it and
+        wait until it ended. Cancelling the caller propagates at once."""
         task, self._replacer = self._replacer, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        await stop_task(task)
 
-    def replace_all_connections(self, reason: str) -> int:
-        """Retire every connection now, so each later lease runs on a fresh one.
+    def replace_all(self, reason: str) -> int:
+        """Retire every connection now; see ``replace_all_connections`` of the pool.
 
-        For when the server behind the connections changed or went bad (a
-        read-only ex-primary, a failover): no I/O and no ``await``, so it can
-        be called from anywhere, a SQLAlchemy event handler included. Idle
-        connections are closed in the background and reopened up to
-        ``min_size``; leased ones are closed when their lease ends. Logs
-        ``reason`` once; returns how many connections were retired (0 unless
-        the pool is ready). ``close()`` stops the background replacement.
+        No I/O and no ``await``: idle connections are closed in a background
+        task (one at a time, reopening up to ``min_size``), leased ones when
+        their lease ends. Logs ``reason``; returns how many connections were
+        retired, 0 (and nothing done) unless the pool is ready.
         """
-        if self._state is not PoolState.READY:
+        if not self._is_ready():
             return 0
         retired = self._stock.retire_all()
         self.replacements += 1
         logger.warning("pool '%s': %s; replacing all %d connection(s)", self.name, reason, retired)
         if self._replacer is None or self._replacer.done():
-            self._replacer = asyncio.ensure_future(self._replace_retired(0.0))
+            self._replacer = start_task(
+                self._replace_retired(0.0), name=f"resync-db-replace-{self.name}"
+            )
         return retired
 
-    async def _replace_connections(self, interval: float | None) -> int:
+    async def drain(self, interval: float | None) -> int:
+        """The ``drain()`` hook: retire every connection and replace the idle ones
+        spread over the kernel's :func:`~resync.core.pools.kernel.pacing.drain_interval`.
+
+        Returns how many were retired. Cancelled, the spreading stops and the
+        cancellation propagates; checkouts and maintenance drop the rest.
+        """
         retired = self._stock.retire_all()
         self.replacements += 1
-        spread = min(float(retired), 30.0) if interval is None else interval
-        await self._replace_retired(spread)
+        await self._replace_retired(drain_interval(interval, retired))
         return retired
 
     async def _replace_retired(self, interval: float) -> None:
         try:
-            await self._stock.replace_retired(
-                self._gate, lambda: self._state is PoolState.READY, interval
-            )
+            await self._stock.replace_retired(self._gate, self._is_ready, interval)
         except Exception as exc:  # maintenance drops what is left
             logger.warning("pool '%s': replacing connections: %s", self.name, self._scrub(exc))
 
-    def _on_driver_error(self, context: ExceptionContext) -> None:
+    def on_driver_error(self, context: ExceptionContext) -> None:
         """SQLAlchemy's ``handle_error`` hook: a read-only server retires the pool.
 
         Errors with SQLSTATE 25006 are counted; the first one from a current
-        connection retires them all (:meth:`replace_all_connections`). Those
-        from connections already retired only count, so a burst of failing
-        leases causes one replacement and one log line.
+        connection retires them all (:meth:`replace_all`). Those from
+        connections already retired only count, so a burst of failing leases
+        causes one replacement and one log line.
         """
         if sqlstate_of(context.original_exception) != READ_ONLY_SQLSTATE:
             return
@@ -125,15 +132,11 @@ class DatabaseReplacement:
         if held is not None and self._stock.is_retired(held):
             logger.debug("pool '%s': read-only error on a retired connection", self.name)
             return
-        self.replace_all_connections(
+        self.replace_all(
             "the server refused a write as read-only (SQLSTATE 25006: a demoted primary?)"
         )
 
-    def _held_by(self, connection: Connection | None) -> HeldConnection | None:
+    def _held_by(self, connection: Connection | None) -> ConnectionRecord | None:
         if connection is None or connection.invalidated:
             return None
-        dbapi = connection.connection.dbapi_connection
-        for held in self._leased.values():
-            if held.dbapi is dbapi:
-                return held
-        return None
+        return self._stock.leased_with(connection.connection.dbapi_connection)

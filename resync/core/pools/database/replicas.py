@@ -40,24 +40,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from resync.core.exceptions import PoolOverloadedError, PoolTimeoutError
+from resync.core.pools.kernel.admission import AdmissionGate
+from resync.core.pools.kernel.health import HealthResult
+from resync.core.pools.kernel.lease import Lease
+from resync.core.pools.kernel.loops import start_task, stop_task
+from resync.core.pools.kernel.pacing import jittered
 from resync.core.pools.kernel.state import PoolState
+from resync.core.pools.kernel.stats import ConnectionPoolStats
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    from resync.core.pools.database.pool import DatabaseConnectionPool
-    from resync.core.pools.kernel.lease import Lease
-
-__all__ = ["ReadLease", "Replica", "ReplicaSet", "ReplicaState"]
+__all__ = ["PrimaryPool", "ReadLease", "Replica", "ReplicaPool", "ReplicaSet", "ReplicaState"]
 
 logger = logging.getLogger("resync.pool")
+
+
+class PrimaryPool(Protocol):
+    """What a :class:`ReadLease` uses of the primary pool."""
+
+    def check_usable(self) -> None: ...
+    def get_connection(self) -> Lease[AsyncSession]: ...
+
+
+class ReplicaPool(PrimaryPool, Protocol):
+    """What a :class:`ReplicaSet` uses of a replica's own pool."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def state(self) -> PoolState: ...
+    @property
+    def gate(self) -> AdmissionGate: ...
+    @property
+    def stats(self) -> ConnectionPoolStats: ...
+    @property
+    def idle_count(self) -> int: ...
+    def scrub(self, error: object) -> str: ...
+    async def initialize(self) -> None: ...
+    async def check_health(self) -> HealthResult: ...
+    async def close(self, drain_timeout: float | None = None) -> None: ...
+    async def drain(self, interval: float | None = None) -> int: ...
+
+
+P = TypeVar("P", bound=ReplicaPool)
 
 
 class ReplicaState(StrEnum):
@@ -68,12 +101,12 @@ class ReplicaState(StrEnum):
     DOWN = "down"
 
 
-class Replica:
+class Replica(Generic[P]):
     """One replica: its pool, its state and what it served."""
 
     __slots__ = ("last_error", "pool", "reads", "state", "taken_out")
 
-    def __init__(self, pool: DatabaseConnectionPool) -> None:
+    def __init__(self, pool: P) -> None:
         self.pool = pool
         self.state = ReplicaState.STARTING
         self.last_error: str | None = None
@@ -82,7 +115,7 @@ class Replica:
 
     def load(self) -> float:
         """Active plus queued leases per slot: 0 idle, 1 full, above 1 queueing."""
-        gate = self.pool._gate
+        gate = self.pool.gate
         return (gate.in_use + gate.waiting) / max(gate.capacity, 1)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,20 +128,15 @@ class Replica:
             "reads": self.reads,
             "taken_out": self.taken_out,
             "active_connections": pool.stats.active_connections,
-            "idle_connections": pool._idle_connections(),
+            "idle_connections": pool.idle_count,
         }
 
 
-class ReplicaSet:
-    """The replicas of one primary pool, their health task and the read routing."""
+class ReplicaSet(Generic[P]):
+    """The replicas of the primary pool ``name``, their health task and the read routing."""
 
-    def __init__(
-        self,
-        primary: DatabaseConnectionPool,
-        pools: Sequence[DatabaseConnectionPool],
-        interval: float,
-    ) -> None:
-        self.primary = primary
+    def __init__(self, name: str, pools: Sequence[P], interval: float) -> None:
+        self.name = name
         self.replicas = [Replica(pool) for pool in pools]
         self.interval = interval
         #: Read leases served by the primary because no replica was healthy.
@@ -122,14 +150,14 @@ class ReplicaSet:
         """Open every replica (concurrently; one that fails starts ``down``) and
         start the health task. Bounded by the replicas' ``connection_timeout``."""
         await self.check_all()
-        self._watcher = asyncio.ensure_future(self._watch())
+        self._watcher = start_task(self._watch(), name=f"resync-db-replicas-{self.name}")
 
     async def stop(self) -> None:
-        """Stop the health task and close every replica pool (draining its leases)."""
+        """Stop the health task (cancel and wait) and close every replica pool
+        (draining its leases within its own drain timeout). Cancelling the
+        caller propagates; replicas not closed yet are left to their owner."""
         task, self._watcher = self._watcher, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        await stop_task(task)
         await asyncio.gather(*(replica.pool.close() for replica in self.replicas))
 
     async def drain(self, interval: float | None) -> int:
@@ -142,23 +170,23 @@ class ReplicaSet:
     async def _watch(self) -> None:
         while True:
             # Jittered, so replicas of many processes are not probed in step.
-            await asyncio.sleep(self.interval * random.uniform(0.9, 1.1))
+            await asyncio.sleep(jittered(self.interval))
             try:
                 await self.check_all()
             except Exception:  # one bad round must not end the watch
-                logger.exception("pool '%s': replica health check crashed", self.primary.name)
+                logger.exception("pool '%s': replica health check crashed", self.name)
 
     async def check_all(self) -> None:
         """Check every replica now (concurrently); take out or put back each."""
         await asyncio.gather(*(self._check(replica) for replica in self.replicas))
 
-    async def _check(self, replica: Replica) -> None:
+    async def _check(self, replica: Replica[P]) -> None:
         pool = replica.pool
         if pool.state is PoolState.NEW:  # never opened, or its open failed: try again
             try:
                 await pool.initialize()
             except Exception as exc:
-                self.take_out(replica, f"{type(exc).__name__}: {pool._scrub(exc)}")
+                self.take_out(replica, f"{type(exc).__name__}: {pool.scrub(exc)}")
                 return
         result = await pool.check_health()
         if result.healthy:
@@ -166,7 +194,7 @@ class ReplicaSet:
         else:
             self.take_out(replica, result.error or "health check failed")
 
-    def take_out(self, replica: Replica, reason: str) -> None:
+    def take_out(self, replica: Replica[P], reason: str) -> None:
         """Send no more reads to ``replica`` until a health check passes."""
         replica.last_error = reason
         if replica.state is ReplicaState.DOWN:
@@ -175,12 +203,12 @@ class ReplicaSet:
         replica.taken_out += 1
         logger.warning(
             "pool '%s': replica '%s' taken out of the read rotation: %s",
-            self.primary.name,
+            self.name,
             replica.pool.name,
             reason,
         )
 
-    def put_back(self, replica: Replica) -> None:
+    def put_back(self, replica: Replica[P]) -> None:
         """Send reads to ``replica`` again."""
         if replica.state is ReplicaState.HEALTHY:
             return
@@ -188,16 +216,16 @@ class ReplicaSet:
         replica.state = ReplicaState.HEALTHY
         replica.last_error = None
         log = logger.info if was is ReplicaState.STARTING else logger.warning
-        log("pool '%s': replica '%s' is healthy", self.primary.name, replica.pool.name)
+        log("pool '%s': replica '%s' is healthy", self.name, replica.pool.name)
 
     # --- routing ---------------------------------------------------------------------------
 
-    def choose(self, exclude: Sequence[Replica] = ()) -> Replica | None:
+    def choose(self, exclude: Sequence[Replica[P]] = ()) -> Replica[P] | None:
         """The least busy healthy replica not in ``exclude``; ties take turns."""
         replicas = self.replicas
         count = len(replicas)
         self._turn = start = (self._turn + 1) % count
-        best: Replica | None = None
+        best: Replica[P] | None = None
         best_load = 0.0
         for i in range(count):
             replica = replicas[(start + i) % count]
@@ -226,7 +254,7 @@ class ReadLease:
 
     __slots__ = ("_lease", "_primary", "_replicas", "_used")
 
-    def __init__(self, primary: DatabaseConnectionPool, replicas: ReplicaSet | None) -> None:
+    def __init__(self, primary: PrimaryPool, replicas: ReplicaSet[Any] | None) -> None:
         self._primary = primary
         self._replicas = replicas
         self._lease: Lease[AsyncSession] | None = None
@@ -236,12 +264,12 @@ class ReadLease:
         if self._used:
             raise RuntimeError("a read lease can be entered only once; call get_read_session()")
         self._used = True
-        self._primary._check_usable()  # a closing primary admits no reads, not even on replicas
+        self._primary.check_usable()  # a closing primary admits no reads, not even on replicas
         replicas = self._replicas
         if replicas is not None:
-            tried: list[Replica] = []
+            tried: list[Replica[Any]] = []
             while (replica := replicas.choose(tried)) is not None:
-                lease = replica.pool.get_connection()
+                lease: Lease[AsyncSession] = replica.pool.get_connection()
                 try:
                     session = await lease.__aenter__()
                 except PoolOverloadedError:

@@ -19,9 +19,10 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
   an open driver transaction, the isolation level and other execution
   options a lease set on its connection -- is undone at the end of each
   lease, since a held connection is never checked in.
-- **Lifetime**: each connection expires up to 10% before ``max_lifetime``, at
-  random, so those opened together do not expire together. Expired
-  connections are closed when found idle, never under a lease.
+- **Lifetime**: each connection expires up to 5% before ``max_lifetime``, at
+  random (the kernel's :func:`~resync.core.pools.kernel.pacing.expiry`), so
+  those opened together do not expire together. Expired connections are
+  closed when found idle, never under a lease.
 - **Replacement** (``drain()``, a read-only server): :meth:`ConnectionStock.retire_all`
   starts a new *generation*; a connection of an older one is never handed out
   again -- idle ones are closed (:meth:`ConnectionStock.replace_retired`), leased
@@ -29,7 +30,8 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
 - **Idle timeout**: :meth:`ConnectionStock.maintain` closes connections idle
   longer than ``idle_timeout`` while more than ``min_size`` are open, and
   reopens up to ``min_size`` under an admission slot, so ``max_size`` stays a
-  hard bound on open connections.
+  hard bound on open connections. It wakes at the kernel's
+  :func:`~resync.core.pools.kernel.pacing.maintenance_tick`.
 - **Closing**: gracefully within ``connection_timeout``; if that fails, stalls
   or is cancelled, the socket is aborted synchronously -- a connection is
   never left open.
@@ -40,138 +42,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from time import monotonic
-from typing import Any
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from resync.core.pools.database.record import (
+    ConnectionRecord,
+    drop_connection,
+    ping_connection,
+)
 from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.config import ConnectionPoolConfig
+from resync.core.pools.kernel.pacing import drain_pause, maintenance_tick
 
-__all__ = ["ConnectionStock", "HeldConnection"]
+__all__ = ["ConnectionStock"]
 
 logger = logging.getLogger("resync.pool")
 
-#: Fraction of ``max_lifetime`` a connection's life may be cut by, at random.
-LIFETIME_JITTER = 0.1
-_MAX_TICK = 10.0
-_MIN_TICK = 0.05
-
-
-def drop_connection(conn: AsyncConnection) -> None:
-    """Invalidate and release ``conn`` at once: no ``await``, so it is safe in a
-    cancelled task or a callback (SQLAlchemy aborts the driver's socket)."""
-    sync = conn.sync_connection
-    if sync is not None and not sync.closed:
-        sync.invalidate()
-        sync.close()
-
-
-def _ping(connection: Connection) -> None:
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None  # a live Connection always has one
-    connection.dialect.do_ping(dbapi_connection)
-
-
-class HeldConnection:
-    """One open connection, its deadlines, and how to validate and reset it."""
-
-    __slots__ = (
-        "begin",
-        "conn",
-        "dbapi",
-        "driver",
-        "expires_at",
-        "generation",
-        "idle_since",
-        "is_closed",
-        "options",
-        "stale",
-    )
-
-    def __init__(self, conn: AsyncConnection, max_lifetime: float, generation: int = 0) -> None:
-        now = monotonic()
-        sync = conn.sync_connection
-        assert sync is not None  # a connected AsyncConnection has one
-        self.conn = conn
-        #: The stock's generation when this connection was opened.
-        self.generation = generation
-        self.options = sync.get_execution_options()
-        self.stale = False
-        self.dbapi: Any = sync.connection.dbapi_connection
-        self.driver: Any = sync.connection.driver_connection
-        # SQLAlchemy's asyncpg adapter starts its transaction lazily, with the
-        # first statement; starting it at checkout costs no extra round trip
-        # and validates the connection (see ConnectionStock._validate).
-        self.begin: Callable[[], Awaitable[None]] | None = None
-        if not getattr(self.dbapi, "autocommit", False):  # AUTOCOMMIT sends no BEGIN
-            self.begin = getattr(self.dbapi, "_start_transaction", None)
-        # asyncpg's flag flips when the server closes the socket; reading it is free.
-        self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
-        lifetime = max_lifetime or math.inf
-        self.expires_at = now + lifetime * (1 - LIFETIME_JITTER * random.random())
-        self.idle_since = now
-
-    def dead(self) -> bool:
-        """Has the driver seen the server close this connection?"""
-        return self.is_closed is not None and self.is_closed()
-
-    def abort(self) -> None:
-        """Close the driver's socket now (asyncpg ``terminate()``), leaving
-        SQLAlchemy's objects as they are: their next use fails at once, with
-        no I/O, instead of waiting on a connection in an unknown state."""
-        terminate = getattr(self.driver, "terminate", None)
-        if callable(terminate) and not self.dead():
-            terminate()
-
-    def reset(self, *, rollback: bool = False) -> bool:
-        """Undo what a lease left behind, as SQLAlchemy's pool does on check-in.
-
-        Runs inside SQLAlchemy's greenlet, after the session closed. Ends a
-        driver transaction the session no longer tracks (the BEGIN of a lease
-        that ran nothing; SQLite after a failed COMMIT), and undoes execution
-        options the lease set on the connection (isolation level,
-        ``schema_translate_map`` ...). False: discard the connection instead.
-        """
-        sync = self.conn.sync_connection
-        if sync is None or sync.invalidated:
-            return False
-        if rollback or self.begin is not None:
-            self.dbapi.rollback()  # a no-op when no transaction is open
-        if sync.get_execution_options() is self.options:
-            return True
-        # SQLAlchemy queues the undo of connection characteristics for the
-        # pool's check-in, which a held connection never reaches: run it here.
-        record = getattr(sync.connection, "_connection_record", None)
-        undo = getattr(record, "finalize_callback", None)
-        if undo is None:
-            return False
-        while undo:
-            undo.pop()(self.dbapi)
-        self.stale = True  # the Connection object still carries the options
-        return True
-
-    def renew(self) -> None:
-        """A fresh ``Connection`` object on the same driver connection (no I/O)."""
-        old = self.conn.sync_connection
-        assert old is not None
-        fresh = Connection(old.engine, connection=old.connection)
-        self.conn = AsyncConnection(self.conn.engine, fresh)
-        self.options = fresh.get_execution_options()
-        self.stale = False
-
 
 class ConnectionStock:
-    """Idle connections of one pool plus the means to open, check and close them.
+    """The idle and leased connections of one pool, and the means to open, check
+    and close them.
 
-    ``leased`` reports how many connections are out on lease now (the pool
-    tracks those). Every method keeps its connection accounted for whatever
-    interrupts it: a cancelled caller never leaves a connection open.
+    Idle records sit in :attr:`idle`; a leased one is filed under its session
+    (:meth:`lend`) until the lease ends (:meth:`take_back`). Every method keeps
+    its connection accounted for whatever interrupts it: a cancelled caller
+    never leaves a connection open.
     """
 
     def __init__(
@@ -180,25 +79,24 @@ class ConnectionStock:
         config: ConnectionPoolConfig,
         *,
         ping_after: float,
-        leased: Callable[[], int],
         scrub: Callable[[object], str],
     ) -> None:
         self.name = name
         self.config = config
         self.ping_after = ping_after
         self.engine: AsyncEngine | None = None
-        self.idle: deque[HeldConnection] = deque()  # oldest idle on the left
+        self.idle: deque[ConnectionRecord] = deque()  # oldest idle on the left
         self.suspect_since = -math.inf
         #: Connections opened in an older generation are replaced, never reused.
         self.generation = 0
-        self._leased = leased
+        self._leased: dict[AsyncSession, ConnectionRecord] = {}
         self._scrub = scrub
         #: Opens one connection of the engine; set for a ``credentials_provider``.
         self.opener: Callable[[AsyncEngine], Awaitable[AsyncConnection]] | None = None
 
     # --- opening and closing ---------------------------------------------------
 
-    async def connect(self, timeout: float) -> HeldConnection:
+    async def connect(self, timeout: float) -> ConnectionRecord:
         """Open one connection within ``timeout`` seconds.
 
         The connect runs in its own task, so a timeout or cancellation that
@@ -217,12 +115,12 @@ class ConnectionStock:
             task.add_done_callback(_close_late_connection)
             raise
         try:
-            return HeldConnection(conn, self.config.max_lifetime, self.generation)
+            return ConnectionRecord(conn, self.config.max_lifetime, self.generation)
         except BaseException:
             drop_connection(conn)
             raise
 
-    def terminate(self, held: HeldConnection) -> None:
+    def terminate(self, held: ConnectionRecord) -> None:
         """Close ``held`` now, with no I/O and no ``await``."""
         try:
             drop_connection(held.conn)
@@ -232,7 +130,7 @@ class ConnectionStock:
         if abort is not None and not held.dead():
             abort()  # SQLAlchemy could not; make sure the socket is gone
 
-    async def close_gracefully(self, held: HeldConnection) -> None:
+    async def close_gracefully(self, held: ConnectionRecord) -> None:
         """Say goodbye to the server; terminate if that fails, stalls or is cancelled."""
         try:
             async with asyncio.timeout(self.config.connection_timeout):
@@ -242,8 +140,14 @@ class ConnectionStock:
             if not isinstance(exc, Exception):
                 raise
 
-    async def close_all(self, last: HeldConnection | None = None) -> None:
-        """Close every idle connection, then ``last``, then dispose of the engine."""
+    async def close_all(self, last: ConnectionRecord | None = None) -> None:
+        """Cut off every leased connection (no I/O), close every idle one
+        gracefully, then ``last``, then dispose of the engine. Each close is
+        bounded by ``connection_timeout`` (then terminated); cancelled, every
+        close in flight terminates its connection and the cancellation propagates."""
+        for held in self._leased.values():  # still out after the drain: cut off
+            self.terminate(held)
+        self._leased.clear()
         idle = list(self.idle)
         self.idle.clear()
         await asyncio.gather(*(self.close_gracefully(held) for held in idle))
@@ -253,9 +157,45 @@ class ConnectionStock:
         if engine is not None:
             await engine.dispose()
 
+    def add(self, held: ConnectionRecord) -> None:
+        """Keep a connection just opened (by :meth:`connect`) idle."""
+        self.idle.append(held)
+
+    async def shed(self, capacity: int) -> None:
+        """Close idle connections, oldest first, while more than ``capacity``
+        are open (idle plus leased); leased ones above it are closed by
+        maintenance once idle past ``idle_timeout``."""
+        surplus = len(self.idle) + len(self._leased) - capacity
+        while surplus > 0 and self.idle:
+            await self.close_gracefully(self.idle.popleft())
+            surplus -= 1
+
+    # --- leases -----------------------------------------------------------------------
+
+    def lend(self, session: AsyncSession, held: ConnectionRecord) -> None:
+        """File ``held`` (from :meth:`checkout`) as leased to ``session``."""
+        self._leased[session] = held
+
+    def take_back(self, session: AsyncSession) -> ConnectionRecord | None:
+        """The record leased to ``session``, no longer filed as leased (``None``:
+        cut off by :meth:`close_all`). Hand it to :meth:`check_in` afterwards."""
+        return self._leased.pop(session, None)
+
+    @property
+    def leased_count(self) -> int:
+        """Connections out on lease now."""
+        return len(self._leased)
+
+    def leased_with(self, dbapi: object) -> ConnectionRecord | None:
+        """The leased record whose DBAPI connection is ``dbapi``, if any."""
+        for held in self._leased.values():
+            if held.dbapi is dbapi:
+                return held
+        return None
+
     # --- checkout and check-in ----------------------------------------------------
 
-    async def checkout(self, timeout: float) -> HeldConnection:
+    async def checkout(self, timeout: float) -> ConnectionRecord:
         """A validated connection within ``timeout`` seconds.
 
         Takes the most recently used idle connection; drops it if expired or
@@ -284,7 +224,7 @@ class ConnectionStock:
         await self._validate(held, deadline, None)
         return held
 
-    async def _validate(self, held: HeldConnection, deadline: float, now: float | None) -> bool:
+    async def _validate(self, held: ConnectionRecord, deadline: float, now: float | None) -> bool:
         """Is ``held`` (idle since before ``now``; ``None``: just opened) usable?
 
         With asyncpg the check is the transaction's own ``BEGIN``, sent here
@@ -299,7 +239,7 @@ class ConnectionStock:
                 now - held.idle_since < self.ping_after and held.idle_since > self.suspect_since
             ):
                 return True
-            check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, _ping)
+            check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, ping_connection)
         else:
             check = begin
         try:
@@ -313,7 +253,7 @@ class ConnectionStock:
             return False
         return True
 
-    def check_in(self, held: HeldConnection, reusable: bool) -> None:
+    def check_in(self, held: ConnectionRecord, reusable: bool) -> None:
         """Take ``held`` back after a lease: keep it idle, or close it if it is
         not ``reusable``, was invalidated, or is left inside a transaction."""
         conn = held.conn
@@ -346,9 +286,9 @@ class ConnectionStock:
         how many connections were open (idle plus leased).
         """
         self.generation += 1
-        return len(self.idle) + self._leased()
+        return len(self.idle) + len(self._leased)
 
-    def is_retired(self, held: HeldConnection) -> bool:
+    def is_retired(self, held: ConnectionRecord) -> bool:
         """Was ``held`` opened before the last :meth:`retire_all`?"""
         return held.generation != self.generation
 
@@ -360,7 +300,7 @@ class ConnectionStock:
         (and drop) one first; cancelled, the rest are still dropped by checkouts
         and maintenance."""
         retired = [held for held in self.idle if self.is_retired(held)]
-        pause = interval / len(retired) if retired else 0.0
+        pause = drain_pause(interval, len(retired))
         for held in retired:
             try:
                 self.idle.remove(held)
@@ -374,15 +314,14 @@ class ConnectionStock:
 
     # --- maintenance ----------------------------------------------------------------
 
-    def tick(self) -> float:
-        """Seconds between maintenance rounds: half the shortest deadline, 0.05..10."""
-        periods = [p for p in (self.config.idle_timeout, self.config.max_lifetime) if p > 0]
-        tick = min(periods) / 2 if periods else _MAX_TICK
-        return min(max(tick, _MIN_TICK), _MAX_TICK)
-
     async def maintain(self, gate: AdmissionGate, is_ready: Callable[[], bool]) -> None:
-        """Forever: close expired and surplus idle connections, reopen up to min_size."""
-        tick = self.tick()
+        """Forever: close expired and surplus idle connections, reopen up to min_size.
+
+        Wakes every :func:`~resync.core.pools.kernel.pacing.maintenance_tick` of
+        ``idle_timeout`` and ``max_lifetime``; a failing round is logged and the
+        next one runs. Ends only by cancellation (the owner's ``stop_task``).
+        """
+        tick = maintenance_tick(self.config.idle_timeout, self.config.max_lifetime)
         while True:
             await asyncio.sleep(tick)
             try:
@@ -399,9 +338,9 @@ class ConnectionStock:
             return
         now = monotonic()
         idle_timeout = self.config.idle_timeout
-        surplus = len(idle) + self._leased() - self.config.min_size
-        victims: list[HeldConnection] = []
-        keep: list[HeldConnection] = []
+        surplus = len(idle) + len(self._leased) - self.config.min_size
+        victims: list[ConnectionRecord] = []
+        keep: list[ConnectionRecord] = []
         for held in idle:  # oldest first
             worn_out = held.expires_at <= now or held.dead() or held.generation != self.generation
             if worn_out or (surplus > 0 and 0 < idle_timeout <= now - held.idle_since):
@@ -419,7 +358,7 @@ class ConnectionStock:
     async def top_up(self, gate: AdmissionGate, is_ready: Callable[[], bool]) -> None:
         """Reopen connections up to ``min_size``, each under an admission slot."""
         wanted = min(self.config.min_size, gate.capacity)
-        while is_ready() and len(self.idle) + self._leased() < wanted:
+        while is_ready() and len(self.idle) + len(self._leased) < wanted:
             # The slot keeps max_size an exact bound on open connections; when
             # none is free the pool is busy and has its connections anyway.
             if not gate.try_acquire():

@@ -1,0 +1,125 @@
+"""One open connection of a database pool: :class:`ConnectionRecord`.
+
+A record holds the SQLAlchemy ``AsyncConnection``, the driver objects under
+it, when it expires (:func:`~resync.core.pools.kernel.pacing.expiry`: up to 5%
+before ``max_lifetime``, at random, so connections opened together do not
+expire together), since when it is idle and which generation of the stock
+opened it; and how to validate (``begin``), reset, renew and abort it. The
+records themselves are kept by :class:`~resync.core.pools.database.stock.ConnectionStock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from time import monotonic
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from resync.core.pools.kernel.pacing import expiry
+
+__all__ = ["ConnectionRecord", "drop_connection", "ping_connection"]
+
+
+def drop_connection(conn: AsyncConnection) -> None:
+    """Invalidate and release ``conn`` at once: no ``await``, so it is safe in a
+    cancelled task or a callback (SQLAlchemy aborts the driver's socket)."""
+    sync = conn.sync_connection
+    if sync is not None and not sync.closed:
+        sync.invalidate()
+        sync.close()
+
+
+def ping_connection(connection: Connection) -> None:
+    """The dialect's ping on ``connection`` (inside SQLAlchemy's greenlet); raises if dead."""
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a live Connection always has one
+    connection.dialect.do_ping(dbapi_connection)
+
+
+class ConnectionRecord:
+    """One open connection, its deadlines, and how to validate and reset it."""
+
+    __slots__ = (
+        "begin",
+        "conn",
+        "dbapi",
+        "driver",
+        "expires_at",
+        "generation",
+        "idle_since",
+        "is_closed",
+        "options",
+        "stale",
+    )
+
+    def __init__(self, conn: AsyncConnection, max_lifetime: float, generation: int = 0) -> None:
+        now = monotonic()
+        sync = conn.sync_connection
+        assert sync is not None  # a connected AsyncConnection has one
+        self.conn = conn
+        #: The stock's generation when this connection was opened.
+        self.generation = generation
+        self.options = sync.get_execution_options()
+        self.stale = False
+        self.dbapi: Any = sync.connection.dbapi_connection
+        self.driver: Any = sync.connection.driver_connection
+        # SQLAlchemy's asyncpg adapter starts its transaction lazily, with the
+        # first statement; starting it at checkout costs no extra round trip
+        # and validates the connection (see ConnectionStock.checkout).
+        self.begin: Callable[[], Awaitable[None]] | None = None
+        if not getattr(self.dbapi, "autocommit", False):  # AUTOCOMMIT sends no BEGIN
+            self.begin = getattr(self.dbapi, "_start_transaction", None)
+        # asyncpg's flag flips when the server closes the socket; reading it is free.
+        self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
+        self.expires_at = expiry(now, max_lifetime)
+        self.idle_since = now
+
+    def dead(self) -> bool:
+        """Has the driver seen the server close this connection?"""
+        return self.is_closed is not None and self.is_closed()
+
+    def abort(self) -> None:
+        """Close the driver's socket now (asyncpg ``terminate()``), leaving
+        SQLAlchemy's objects as they are: their next use fails at once, with
+        no I/O, instead of waiting on a connection in an unknown state."""
+        terminate = getattr(self.driver, "terminate", None)
+        if callable(terminate) and not self.dead():
+            terminate()
+
+    def reset(self, *, rollback: bool = False) -> bool:
+        """Undo what a lease left behind, as SQLAlchemy's pool does on check-in.
+
+        Runs inside SQLAlchemy's greenlet, after the session closed. Ends a
+        driver transaction the session no longer tracks (the BEGIN of a lease
+        that ran nothing; SQLite after a failed COMMIT), and undoes execution
+        options the lease set on the connection (isolation level,
+        ``schema_translate_map`` ...). False: discard the connection instead.
+        """
+        sync = self.conn.sync_connection
+        if sync is None or sync.invalidated:
+            return False
+        if rollback or self.begin is not None:
+            self.dbapi.rollback()  # a no-op when no transaction is open
+        if sync.get_execution_options() is self.options:
+            return True
+        # SQLAlchemy queues the undo of connection characteristics for the
+        # pool's check-in, which a held connection never reaches: run it here.
+        record = getattr(sync.connection, "_connection_record", None)
+        undo = getattr(record, "finalize_callback", None)
+        if undo is None:
+            return False
+        while undo:
+            undo.pop()(self.dbapi)
+        self.stale = True  # the Connection object still carries the options
+        return True
+
+    def renew(self) -> None:
+        """A fresh ``Connection`` object on the same driver connection (no I/O)."""
+        old = self.conn.sync_connection
+        assert old is not None
+        fresh = Connection(old.engine, connection=old.connection)
+        self.conn = AsyncConnection(self.conn.engine, fresh)
+        self.options = fresh.get_execution_options()
+        self.stale = False
