@@ -20,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from resync.core.exceptions import PoolConfigError, RedisPoolError, RedisSetupError
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.redis.cluster import RedisClusterPool
-from resync.core.pools.redis.url import create_redis_pool
+from resync.core.pools.redis.factory import create_redis_pool
 from tests.helpers.redis_groups import RedisClusterGroup, redis_cli
 
 pytestmark = [

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 
 from resync.core.exceptions import PoolConfigError, RedisPoolError, RedisSetupError
 from resync.core.pools.base_pool import ConnectionPoolConfig
+from resync.core.pools.redis.factory import create_redis_pool
 from resync.core.pools.redis.sentinel import RedisSentinelPool
-from resync.core.pools.redis.url import create_redis_pool
 from tests.helpers.net import free_port
 from tests.helpers.redis_groups import SentinelGroup, redis_cli
 

@@ -31,7 +31,7 @@ from resync.core.pools.base_pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
 from resync.core.pools.http_pool import HTTPConnectionPool
 from resync.core.pools.manager.specs import build_pools
-from resync.core.pools.redis.url import create_redis_pool
+from resync.core.pools.redis.factory import create_redis_pool
 from resync.core.pools.redis_pool import RedisConnectionPool
 from resync.settings import Settings
 from tests.helpers.net import free_port

@@ -8,8 +8,9 @@ from resync.core.exceptions import PoolConfigError, SettingsError
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.manager.specs import build_pools
 from resync.core.pools.redis.cluster import RedisClusterPool
+from resync.core.pools.redis.factory import create_redis_pool
 from resync.core.pools.redis.sentinel import RedisSentinelPool
-from resync.core.pools.redis.url import create_redis_pool, parse_redis_target
+from resync.core.pools.redis.url import parse_redis_target
 from resync.core.pools.redis_pool import RedisConnectionPool
 from resync.settings import Settings
 

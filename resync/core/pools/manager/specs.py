@@ -175,7 +175,7 @@ def build_pool(spec: PoolSpec) -> ConnectionPool[Any]:
 
         return DatabaseConnectionPool(spec.config, spec.url, **spec.options)
     if spec.backend == "redis":
-        from resync.core.pools.redis.url import create_redis_pool
+        from resync.core.pools.redis.factory import create_redis_pool
 
         # One server, Sentinel or Cluster: the URL's scheme picks the class.
         return create_redis_pool(spec.config, spec.url, **spec.options)

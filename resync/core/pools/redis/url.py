@@ -12,34 +12,33 @@
 
 Host lists are comma separated; IPv6 addresses go in brackets
 (``[::1]:26379``). A query string is refused rather than silently ignored.
-Nothing here imports redis-py at import time, so settings can validate a URL
-cheaply; :func:`create_redis_pool` builds the pool class the URL calls for.
+Nothing here imports redis-py, so settings can validate a URL cheaply; this is
+the one definition of the schemes (the pools and settings import them).
+:func:`~resync.core.pools.redis.factory.create_redis_pool` builds the pool
+class the URL calls for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from resync.core.exceptions import PoolConfigError
 from resync.core.redact import mask_url
-
-if TYPE_CHECKING:
-    from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 
 __all__ = [
     "CLUSTER_SCHEMES",
     "SENTINEL_SCHEMES",
     "STANDALONE_SCHEMES",
+    "TOPOLOGY_SCHEMES",
     "RedisTarget",
-    "create_redis_pool",
     "parse_redis_target",
 ]
 
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
 SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
 CLUSTER_SCHEMES = frozenset({"redis+cluster"})
+#: Schemes that name a Sentinel group or a Cluster rather than one server.
+TOPOLOGY_SCHEMES = SENTINEL_SCHEMES | CLUSTER_SCHEMES
 
 _DEFAULT_PORT = {"sentinel": 26379, "cluster": 6379}
 
@@ -147,37 +146,3 @@ def _parse_db(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"the database must be a number, got {text!r}")
     return int(text)
-
-
-def create_redis_pool(
-    config: ConnectionPoolConfig,
-    redis_url: str,
-    *,
-    sentinel_password: str | None = None,
-    **options: Any,
-) -> ConnectionPool[Any]:
-    """The pool class ``redis_url`` calls for, constructed (not opened).
-
-    ``redis://``, ``rediss://``, ``unix://`` → :class:`RedisConnectionPool`;
-    ``redis+sentinel://`` → :class:`RedisSentinelPool`; ``redis+cluster://`` →
-    :class:`RedisClusterPool`. ``options`` go to the class. Raises
-    ``PoolConfigError`` for a bad URL, or for ``sentinel_password`` with a URL
-    that is not a Sentinel one.
-    """
-    try:
-        kind = parse_redis_target(redis_url).kind if isinstance(redis_url, str) else ""
-    except ValueError as exc:
-        raise PoolConfigError(f"redis_url {mask_url(redis_url)!r}: {exc}") from None
-    if sentinel_password and kind != "sentinel":
-        raise PoolConfigError("a Sentinel password needs a redis+sentinel:// URL")
-    if kind == "sentinel":
-        from resync.core.pools.redis.sentinel import RedisSentinelPool
-
-        return RedisSentinelPool(config, redis_url, sentinel_password=sentinel_password, **options)
-    if kind == "cluster":
-        from resync.core.pools.redis.cluster import RedisClusterPool
-
-        return RedisClusterPool(config, redis_url, **options)
-    from resync.core.pools.redis.pool import RedisConnectionPool
-
-    return RedisConnectionPool(config, redis_url, **options)
