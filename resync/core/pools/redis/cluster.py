@@ -38,15 +38,13 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
+from resync.core.exceptions import REDIS_ERRORS, PoolConfigError
 from resync.core.pools.kernel.pacing import drain_pause
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.kernel.stats import ConnectionPoolStats
-from resync.core.pools.redis.connections import is_driver_exhausted
-from resync.core.pools.redis.url import CLUSTER_SCHEMES, RedisTarget, parse_redis_target
+from resync.core.pools.redis.errors import CLUSTER_RULES
+from resync.core.pools.redis.url import RedisTarget, parse_redis_target
 from resync.core.redact import mask_url, url_secrets
 from resync.core.resilience import BreakerSpec, build_circuit_breaker
 
@@ -55,6 +53,32 @@ __all__ = ["RedisClusterPool"]
 logger = logging.getLogger("resync.pool.redis")
 
 _RESERVED = frozenset({"max_connections", "startup_nodes", "host", "port", "db"})
+
+
+# --- redis-py internals ---------------------------------------------------------
+# A ClusterNode has no public view of its connections: the list of every
+# connection it made (``_connections``) and its free list (``_free``) are the
+# only way to count open and idle sockets, reopen idle ones in a drain and
+# drop surplus idle ones on resize. Every read of them is in these three
+# functions, so a redis-py upgrade that renames them breaks here only.
+
+
+def _node_connections(node: ClusterNode) -> list[Connection]:
+    """Every connection ``node`` made (open or not, busy or free)."""
+    return node._connections
+
+
+def _node_free(node: ClusterNode) -> collections.deque[Connection]:
+    """The connections of ``node`` no command uses now."""
+    return node._free
+
+
+def _size_node_free(node: ClusterNode, maxlen: int) -> None:
+    """Give ``node``'s free list room for ``maxlen`` connections.
+
+    redis-py's free list silently drops its oldest entry when full.
+    """
+    node._free = collections.deque(node._free, maxlen=maxlen)
 
 
 def _counting_connection_class(stats: ConnectionPoolStats) -> type[Connection]:
@@ -107,7 +131,7 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
             target = parse_redis_target(redis_url)
         except ValueError as exc:
             raise PoolConfigError(f"redis_url {mask_url(redis_url)!r}: {exc}") from None
-        if target.kind != "cluster" or redis_url.split("://")[0].lower() not in CLUSTER_SCHEMES:
+        if target.kind != "cluster":
             raise PoolConfigError(
                 f"RedisClusterPool needs a redis+cluster:// URL, got {mask_url(redis_url)!r}"
             )
@@ -199,10 +223,10 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         return list(nodes.values())
 
     def _open_connections(self) -> int:
-        return sum(1 for node in self._nodes() for c in node._connections if c.is_connected)
+        return sum(1 for node in self._nodes() for c in _node_connections(node) if c.is_connected)
 
     def _idle_connections(self) -> int:
-        return sum(1 for node in self._nodes() for c in node._free if c.is_connected)
+        return sum(1 for node in self._nodes() for c in _node_free(node) if c.is_connected)
 
     async def _replace_connections(self, interval: float | None) -> int:
         """Close and reopen every open connection, one at a time.
@@ -214,15 +238,16 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         snapshot = [
             (node, conn)
             for node in self._nodes()
-            for conn in node._connections
+            for conn in _node_connections(node)
             if conn.is_connected
         ]
         pause = drain_pause(interval, len(snapshot))
         for node, conn in snapshot:
             if self._shutdown:
                 break
-            if conn in node._free:
-                node._free.remove(conn)
+            free = _node_free(node)
+            if conn in free:
+                free.remove(conn)
                 try:
                     await conn.disconnect()
                     await conn.connect()  # type: ignore[no-untyped-call]
@@ -230,8 +255,8 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
                     logger.info(
                         "pool '%s': reopening during drain: %s", self.name, self._scrub(exc)
                     )
-                finally:
-                    node._free.append(conn)
+                finally:  # the node's free list now (a resize may have replaced it)
+                    _node_free(node).append(conn)
             elif conn.is_connected:
                 conn.mark_for_reconnect()  # type: ignore[no-untyped-call]
             if pause:
@@ -247,38 +272,30 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         client.connection_kwargs["max_connections"] = cap
         for node in self._nodes():
             node.max_connections = cap
+            connections, free = _node_connections(node), _node_free(node)
             surplus: list[Connection] = []
-            while len(node._connections) - len(surplus) > cap and node._free:
-                surplus.append(node._free.popleft())
+            while len(connections) - len(surplus) > cap and free:
+                surplus.append(free.popleft())
             for conn in surplus:
-                node._connections.remove(conn)
-            # redis-py's free list silently drops its oldest entry when full:
-            # size it for every connection the node still has.
-            node._free = collections.deque(node._free, maxlen=max(cap, len(node._connections)))
+                connections.remove(conn)
+            # Room in the free list for every connection the node still has.
+            _size_node_free(node, max(cap, len(connections)))
             for conn in surplus:
                 await conn.disconnect()
 
     # --- errors ----------------------------------------------------------------------
 
     def _map_error(self, error: BaseException) -> BaseException:
-        if isinstance(error, ResyncError) or not isinstance(
-            error, RedisError | RedisClusterException
-        ):
-            return error
-        if is_driver_exhausted(error):
-            return self._timeout_error(0.0, cause=error)
-        return self.errors.base(
-            f"Redis Cluster operation failed on pool '{self.name}': {type(error).__name__}: "
-            f"{self._scrub(error)}",
+        return CLUSTER_RULES.map_error(
+            error,
             pool_name=self.name,
+            family=self.errors,
+            scrub=self.scrub,
+            timeout_error=lambda cause: self._timeout_error(0.0, cause=cause),
         )
 
     def _is_backend_failure(self, error: BaseException) -> bool:
-        if isinstance(error, ResponseError) or is_driver_exhausted(error):
-            return False
-        return isinstance(
-            error, RedisConnectionError | RedisTimeoutError | RedisClusterException | OSError
-        )
+        return CLUSTER_RULES.is_backend_failure(error)
 
     def _secrets(self) -> list[str]:
         return self._secret_values

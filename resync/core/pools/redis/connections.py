@@ -1,13 +1,13 @@
 """What a Redis lease holds: one driver connection and a client bound to it.
 
-A :class:`Slot` owns one ``redis.asyncio`` connection for the life of the pool
-(the socket under it is opened, closed and reopened; the object stays). Its
-:class:`LeasedRedis` client is an ordinary ``redis.asyncio.Redis`` whose
-"connection pool" is a :class:`SlotConnectionPool`: a pool of exactly that one
-connection. redis-py asks its pool for a connection around every command,
-pipeline, pub/sub and lock, so all of them run on the leased connection --
-admission equals connections, and nothing a lease does can queue inside the
-driver.
+A :class:`ConnectionRecord` owns one ``redis.asyncio`` connection for the life
+of the pool (the socket under it is opened, closed and reopened; the object
+stays). Its :class:`LeasedRedis` client is an ordinary ``redis.asyncio.Redis``
+whose "connection pool" is a :class:`LeasedConnectionPool`: a pool of exactly
+that one connection. redis-py asks its pool for a connection around every
+command, pipeline, pub/sub and lock, so all of them run on the leased
+connection -- admission equals connections, and nothing a lease does can
+queue inside the driver.
 
 Commands issued concurrently on one leased client (``asyncio.gather``) take
 turns on the connection, as with redis-py's single-connection client. A client
@@ -18,54 +18,52 @@ connection that another caller may hold by then.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from resync.core.pools.kernel.pacing import expiry
 
 __all__ = [
+    "ConnectionRecord",
+    "LeasedConnectionPool",
     "LeasedRedis",
-    "Slot",
-    "SlotConnectionPool",
-    "is_driver_exhausted",
-    "leaves_state_unknown",
+    "disconnect",
     "peer_closed",
 ]
 
-
-def leaves_state_unknown(error: BaseException) -> bool:
-    """Could ``error`` have interrupted a command (so a reply may still be on its way)?"""
-    if isinstance(error, ResponseError):
-        return False  # the server answered; the exchange is complete
-    if not isinstance(error, Exception):
-        return True  # cancelled or interrupted
-    return isinstance(error, TimeoutError | OSError | BaseExceptionGroup | RedisError)
+logger = logging.getLogger("resync.pool.redis")
 
 
 def peer_closed(conn: AbstractConnection) -> bool:
     """Did the server (or the network) close this idle connection's socket?
 
     asyncio sees a FIN or RST on an idle socket at once and closes the
-    transport; redis-py only finds out when the next command fails.
+    transport; redis-py only finds out when the next command fails. redis-py
+    has no public accessor for its stream writer, hence the ``getattr``.
     """
     writer = getattr(conn, "_writer", None)
     return writer is not None and writer.transport.is_closing()
 
 
-def is_driver_exhausted(error: BaseException) -> bool:
-    """Is ``error`` redis-py saying it has no connection to give?"""
-    return isinstance(error, MaxConnectionsError) or (
-        isinstance(error, RedisConnectionError) and str(error).startswith("No connection available")
-    )
+async def disconnect(conn: AbstractConnection, label: str, scrub: Callable[[object], str]) -> None:
+    """Close ``conn``'s socket without waiting for the peer; an error is logged
+    at DEBUG (``label`` names the pool, ``scrub`` masks its secrets).
+
+    Nothing here suspends, so a second cancellation cannot leave it half-open.
+    """
+    try:
+        await conn.disconnect(nowait=True)
+    except Exception as exc:
+        logger.debug("%s: error closing a connection: %s", label, scrub(exc))
 
 
-class SlotConnectionPool:
+class LeasedConnectionPool:
     """The one-connection "pool" a leased client sees (duck-typed as redis-py's).
 
     Everything except checkout, return and close is delegated to the real
@@ -77,10 +75,11 @@ class SlotConnectionPool:
     def __init__(self, driver: ConnectionPool, connection: AbstractConnection, label: str) -> None:
         self._driver = driver
         self._connection = connection
-        self._label = label
+        #: Names the pool in messages ("pool 'cache'").
+        self.label = label
         self._turn = asyncio.Lock()
         self._turn_timeout = math.inf
-        #: True while a lease holds the slot; commands outside a lease are refused.
+        #: True while a lease holds the record; commands outside a lease are refused.
         self.active = False
 
     def __getattr__(self, name: str) -> Any:
@@ -90,7 +89,7 @@ class SlotConnectionPool:
     def __repr__(self) -> str:
         # redis-py puts the pool's repr into the client's: keep it free of secrets.
         state = "leased" if self.active else "not leased"
-        return f"<SlotConnectionPool {self._label} ({state})>"
+        return f"<LeasedConnectionPool {self.label} ({state})>"
 
     @property
     def busy(self) -> bool:
@@ -112,7 +111,7 @@ class SlotConnectionPool:
         """
         if not self.active:
             raise RuntimeError(
-                f"this Redis client belongs to a lease of {self._label} that has ended; "
+                f"this Redis client belongs to a lease of {self.label} that has ended; "
                 "use the client only inside 'async with pool.get_connection() as client'"
             )
         turn = self._turn
@@ -124,14 +123,14 @@ class SlotConnectionPool:
                 await turn.acquire()
         except TimeoutError:
             raise TimeoutError(
-                f"the leased connection of {self._label} stayed busy for "
+                f"the leased connection of {self.label} stayed busy for "
                 f"{self._turn_timeout:g}s (a pipeline or pub/sub still holds it?)"
             ) from None
         return self._connection
 
     async def release(self, connection: AbstractConnection) -> None:
         """Hand the connection to the next command of the lease."""
-        # A command that outlived its lease returns a connection the slot no
+        # A command that outlived its lease returns a connection the record no
         # longer has; its turn lock is gone with it.
         if connection is self._connection and self._turn.locked():
             self._turn.release()
@@ -152,16 +151,15 @@ class SlotConnectionPool:
 class LeasedRedis(Redis):
     """A ``redis.asyncio.Redis`` bound to one pooled connection during a lease."""
 
-    _resync_slot: Slot
-
     def __repr__(self) -> str:
         return f"<LeasedRedis {self.connection_pool!r}>"
 
 
-class Slot:
-    """One place in the pool: a connection, its bound client, its age and idleness.
+class ConnectionRecord:
+    """One connection of the pool: the driver connection, its bound client, its
+    age and idleness.
 
-    When the pool closes a slot's connection it swaps in a fresh, unconnected
+    When the pool closes a record's connection it swaps in a fresh, unconnected
     connection object (see :meth:`replace_connection`); the old object is
     never used again, so a command that outlived its lease cannot reopen a
     socket the pool would later hand to someone else.
@@ -169,24 +167,52 @@ class Slot:
 
     __slots__ = ("adapter", "client", "conn", "expires_at", "last_used", "opened")
 
-    def __init__(
-        self,
-        driver: ConnectionPool,
-        conn: AbstractConnection,
-        label: str,
-        make_client: Callable[[ConnectionPool], LeasedRedis],
-    ) -> None:
+    def __init__(self, driver: ConnectionPool, conn: AbstractConnection, label: str) -> None:
         self.conn = conn
-        self.adapter = SlotConnectionPool(driver, conn, label)
+        self.adapter = LeasedConnectionPool(driver, conn, label)
         # The adapter stands in for redis-py's pool: it has every method the
         # client calls, and delegates the rest.
-        self.client = make_client(self.adapter)  # type: ignore[arg-type]
-        self.client._resync_slot = self
+        self.client = LeasedRedis(connection_pool=self.adapter)  # type: ignore[arg-type]
         self.expires_at = math.inf
         self.last_used = 0.0
-        #: True from a successful connect until the pool closes the slot (even
+        #: True from a successful connect until the pool closes the record (even
         #: if redis-py already dropped the socket itself after an error).
         self.opened = False
+
+    async def connect(
+        self, timeout: float, max_lifetime: float, scrub: Callable[[object], str]
+    ) -> None:
+        """Open the socket within ``timeout`` and start its lifetime.
+
+        On any failure (``TimeoutError``, the driver's error, cancellation) the
+        socket is closed for certain and the error raised: interrupted
+        mid-handshake a redis-py connection still looks connected (AUTH or
+        SELECT maybe not sent).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await disconnect(self.conn, self.adapter.label, scrub)
+            raise
+        self.opened = True
+        now = time.monotonic()
+        self.expires_at = expiry(now, max_lifetime)
+        self.last_used = now
+
+    async def ping(self, ping: Callable[[Redis], Awaitable[None]], timeout: float) -> None:
+        """``ping`` the client outside a lease, within ``timeout``."""
+        self.adapter.active = True
+        try:
+            async with asyncio.timeout(timeout):
+                await ping(self.client)
+        finally:
+            self.adapter.active = False
+
+    def mark(self) -> None:
+        """Make the pool close this connection when its lease returns it (or
+        maintenance finds it idle), as for an expired ``max_lifetime``."""
+        self.expires_at = -math.inf
 
     def replace_connection(self, conn: AbstractConnection) -> AbstractConnection:
         """Swap in ``conn`` (not yet connected); return the old connection object."""

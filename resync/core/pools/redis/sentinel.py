@@ -42,9 +42,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from resync.core.exceptions import PoolConfigError
+from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pool import ConnectionPoolConfig
-from resync.core.pools.redis.connections import Slot
-from resync.core.pools.redis.live import retire_slots
+from resync.core.pools.redis.connections import ConnectionRecord
 from resync.core.pools.redis.pool import RedisConnectionPool
 from resync.core.pools.redis.url import SENTINEL_SCHEMES, RedisTarget, parse_redis_target
 from resync.core.redact import mask_url
@@ -134,20 +134,15 @@ class RedisSentinelPool(RedisConnectionPool):
             host, port = driver.master_address
             self.master = (str(host), int(port))
         self._watching = True
-        self._watcher = asyncio.create_task(
-            self._watch(), name=f"resync-sentinel-watch-{self.name}"
-        )
+        self._watcher = start_task(self._watch(), name=f"resync-sentinel-watch-{self.name}")
 
     async def _close_pool(self) -> None:
         task, self._watcher = self._watcher, None
         self._watching = False
         # redis-py's pub/sub read can absorb a cancellation (seen with 8.1:
-        # get_message() returns None instead); the flag ends the loops then.
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=0.2)
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            logger.debug("pool '%s': Sentinel watch ended with %r", self.name, task.exception())
+        # get_message() returns None instead); the flag ends the loops then,
+        # and the task is cancelled again until it has.
+        await stop_task(task, recancel_every=0.2)
         await super()._close_pool()
         sentinel, self._sentinel = self._sentinel, None
         if sentinel is not None:
@@ -213,11 +208,11 @@ class RedisSentinelPool(RedisConnectionPool):
             return
         self.failovers_seen += 1
 
-        def stale(slot: Slot) -> bool:
-            conn: Any = slot.conn
+        def stale(record: ConnectionRecord) -> bool:
+            conn: Any = record.conn
             return (str(conn.host), int(conn.port)) != address
 
-        retired = await retire_slots(self, stale)
+        retired = await self._stock.retire(stale)
         logger.warning(
             "pool '%s': Sentinel moved master %r from %s to %s:%d; %d connection(s) retired",
             self.name,
