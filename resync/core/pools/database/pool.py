@@ -15,7 +15,6 @@ connections), :class:`~.release.LeaseEnd` (commit or roll back),
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
@@ -29,14 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from resync.core.exceptions import DATABASE_ERRORS
 from resync.core.pools.database.credentials import CredentialsProvider
 from resync.core.pools.database.engine import create_engine, ping_after
-from resync.core.pools.database.record import ConnectionRecord
 from resync.core.pools.database.release import LeaseEnd
 from resync.core.pools.database.replacement import Replacement
 from resync.core.pools.database.replicas import ReadLease
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.database.topology import Topology
 from resync.core.pools.database.url import DatabaseTarget, engine_arguments, parse_database_url
-from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.redact import mask_url, url_secrets
 
@@ -211,6 +208,8 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         self._stock = ConnectionStock(
             self.name,
             config,
+            gate=self.gate,
+            is_ready=self._is_ready,
             ping_after=ping_after(target, ping_idle_after, engine_options),
             scrub=self.scrub,
         )
@@ -223,10 +222,8 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             scrub=self.scrub,
         )
         self._replacement = Replacement(
-            self.name, stock=self._stock, gate=self.gate, is_ready=self._is_ready, scrub=self.scrub
+            self.name, stock=self._stock, is_ready=self._is_ready, scrub=self.scrub
         )
-        self._keeper: ConnectionRecord | None = None
-        self._maintenance: asyncio.Task[None] | None = None
 
     # --- identity ---------------------------------------------------------------------
 
@@ -274,7 +271,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         stock = self._stock
         stock.config = self.config
         await stock.shed(self._gate.capacity)
-        await stock.top_up(self._gate, self._is_ready)
+        await stock.top_up()
 
     def _details(self) -> dict[str, Any]:
         target = self._target
@@ -304,58 +301,20 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         )
         self._stock.engine = engine
         self._stock.opener = self._topology.use_credentials(engine)
-        if target.is_memory:
-            self._keeper = await self._open_for_setup()
         count = min(max(self.config.min_size, 1), self._gate.capacity)
-        outcomes = await asyncio.gather(
-            *(self._warm_one() for _ in range(count)), return_exceptions=True
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        self._maintenance = start_task(self._maintain(), name=f"resync-db-maintain-{self.name}")
+        await self._stock.open(count, keep_alive=target.is_memory, display=self._display)
+        self._stock.start_maintenance()
         logger.info("pool '%s': %d connection(s) open to %s", self.name, count, self._display)
         await self._topology.start()
 
-    async def _warm_one(self) -> None:
-        # Kept the moment it exists, so a failed setup can close it.
-        self._stock.add(await self._open_for_setup())
-
-    async def _open_for_setup(self) -> ConnectionRecord:
-        timeout = self.config.connection_timeout
-        try:
-            return await self._stock.connect(timeout)
-        except TimeoutError:
-            raise TimeoutError(f"no connection to {self._display} within {timeout:g}s") from None
-        except Exception as exc:
-            raise ConnectionError(f"cannot connect to {self._display}: {self.scrub(exc)}") from exc
-
     async def _close_pool(self) -> None:
-        task, self._maintenance = self._maintenance, None
-        await stop_task(task)
+        # Background tasks first (the kernel's stop_task), then the replicas,
+        # then this pool's connections: a lease still out after the drain is
+        # cut off (see ConnectionStock.close_all).
+        await self._stock.stop_maintenance()
         await self._replacement.stop()
         await self._topology.stop()
-        await self._close_connections()
-
-    async def _close_connections(self) -> None:
-        # A lease still out after the drain is cut off (see ConnectionStock.close_all).
-        keeper, self._keeper = self._keeper, None
-        await self._stock.close_all(last=keeper)
-
-    async def _maintain(self) -> None:
-        """Run the stock's maintenance; if the event loop shuts down under a pool
-        nobody closed (``asyncio.run`` returning, a test ending), close its
-        connections rather than leave them to the garbage collector."""
-        try:
-            await self._stock.maintain(self._gate, self._is_ready)
-        except asyncio.CancelledError:
-            if self._state is PoolState.READY:  # close() cancels only after leaving READY
-                logger.warning(
-                    "pool '%s' was never closed; closing its connections as the loop shuts down",
-                    self.name,
-                )
-                await self._close_connections()
-            raise
+        await self._stock.close_all()
 
     # --- leasing ------------------------------------------------------------------------
 

@@ -6,20 +6,26 @@ before ``max_lifetime``, at random, so connections opened together do not
 expire together), since when it is idle and which generation of the stock
 opened it; and how to validate (``begin``), reset, renew and abort it. The
 records themselves are kept by :class:`~resync.core.pools.database.stock.ConnectionStock`.
+
+Reset: what SQLAlchemy's pool undoes when a connection is checked in -- an
+open driver transaction, the isolation level and other execution options a
+lease set on its connection -- is undone at the end of each lease
+(:meth:`ConnectionRecord.reset`), since a held connection is never checked in.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from resync.core.pools.kernel.pacing import expiry
 
-__all__ = ["ConnectionRecord", "drop_connection", "ping_connection"]
+__all__ = ["ConnectionRecord", "drop_connection", "open_connection", "ping_connection"]
 
 
 def drop_connection(conn: AsyncConnection) -> None:
@@ -29,6 +35,34 @@ def drop_connection(conn: AsyncConnection) -> None:
     if sync is not None and not sync.closed:
         sync.invalidate()
         sync.close()
+
+
+async def open_connection(
+    engine: AsyncEngine,
+    opener: Callable[[AsyncEngine], Awaitable[AsyncConnection]] | None,
+    timeout: float,
+) -> AsyncConnection:
+    """One new connection of ``engine`` (through ``opener`` if given) within
+    ``timeout`` seconds, else ``TimeoutError``.
+
+    The connect runs in its own task, so a timeout or cancellation that lands
+    just as it succeeds cannot drop the connection on the floor: a late result
+    is closed by a callback, and the caller's cancellation propagates.
+    """
+    connecting = engine.connect() if opener is None else opener(engine)
+    task: asyncio.Future[AsyncConnection] = asyncio.ensure_future(connecting)
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(task)
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(_close_late_connection)
+        raise
+
+
+def _close_late_connection(task: asyncio.Future[AsyncConnection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        drop_connection(task.result())
 
 
 def ping_connection(connection: Connection) -> None:

@@ -37,7 +37,6 @@ from sqlalchemy.engine import Connection, ExceptionContext
 from resync.core.pools.database.errors import READ_ONLY_SQLSTATE, sqlstate_of
 from resync.core.pools.database.record import ConnectionRecord
 from resync.core.pools.database.stock import ConnectionStock
-from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pacing import drain_interval
 
@@ -49,9 +48,8 @@ logger = logging.getLogger("resync.pool")
 class Replacement:
     """Retires and replaces the connections of one pool's ``stock``.
 
-    Owns the counters and the background task of a replacement; ``gate`` and
-    ``is_ready`` are the pool's (connections are reopened under an admission
-    slot, and only while the pool is ready).
+    Owns the counters and the background task of a replacement; ``is_ready``
+    is the pool's (nothing is retired unless it is ready).
     """
 
     def __init__(
@@ -59,7 +57,6 @@ class Replacement:
         name: str,
         *,
         stock: ConnectionStock,
-        gate: AdmissionGate,
         is_ready: Callable[[], bool],
         scrub: Callable[[object], str],
     ) -> None:
@@ -69,7 +66,6 @@ class Replacement:
         #: Times every connection was retired (``drain()`` or a read-only server).
         self.replacements = 0
         self._stock = stock
-        self._gate = gate
         self._is_ready = is_ready
         self._scrub = scrub
         self._replacer: asyncio.Task[None] | None = None
@@ -113,7 +109,7 @@ class Replacement:
 
     async def _replace_retired(self, interval: float) -> None:
         try:
-            await self._stock.replace_retired(self._gate, self._is_ready, interval)
+            await self._stock.replace_retired(interval)
         except Exception as exc:  # maintenance drops what is left
             logger.warning("pool '%s': replacing connections: %s", self.name, self._scrub(exc))
 

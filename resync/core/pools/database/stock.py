@@ -15,19 +15,13 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
   dead one. Drivers without that hook are pinged when idle longer than
   ``ping_after`` or when another connection was found dead since. SQLite
   files do not disconnect and are never pinged.
-- **Reset**: what SQLAlchemy's pool undoes when a connection is checked in --
-  an open driver transaction, the isolation level and other execution
-  options a lease set on its connection -- is undone at the end of each
-  lease, since a held connection is never checked in.
-- **Lifetime**: each connection expires up to 5% before ``max_lifetime``, at
-  random (the kernel's :func:`~resync.core.pools.kernel.pacing.expiry`), so
-  those opened together do not expire together. Expired connections are
-  closed when found idle, never under a lease.
+- **Reset** and **lifetime**: see :mod:`~resync.core.pools.database.record`.
+  Expired connections are closed when found idle, never under a lease.
 - **Replacement** (``drain()``, a read-only server): :meth:`ConnectionStock.retire_all`
   starts a new *generation*; a connection of an older one is never handed out
   again -- idle ones are closed (:meth:`ConnectionStock.replace_retired`), leased
   ones when they come back -- so every later lease runs on a fresh connection.
-- **Idle timeout**: :meth:`ConnectionStock.maintain` closes connections idle
+- **Idle timeout**: maintenance (:meth:`ConnectionStock.start_maintenance`) closes connections idle
   longer than ``idle_timeout`` while more than ``min_size`` are open, and
   reopens up to ``min_size`` under an admission slot, so ``max_size`` stays a
   hard bound on open connections. It wakes at the kernel's
@@ -52,10 +46,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from resync.core.pools.database.record import (
     ConnectionRecord,
     drop_connection,
+    open_connection,
     ping_connection,
 )
 from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.config import ConnectionPoolConfig
+from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pacing import drain_pause, maintenance_tick
 
 __all__ = ["ConnectionStock"]
@@ -78,11 +74,16 @@ class ConnectionStock:
         name: str,
         config: ConnectionPoolConfig,
         *,
+        gate: AdmissionGate,
+        is_ready: Callable[[], bool],
         ping_after: float,
         scrub: Callable[[object], str],
     ) -> None:
         self.name = name
         self.config = config
+        # The pool's: connections are reopened under an admission slot, only while ready.
+        self._gate = gate
+        self._is_ready = is_ready
         self.ping_after = ping_after
         self.engine: AsyncEngine | None = None
         self.idle: deque[ConnectionRecord] = deque()  # oldest idle on the left
@@ -90,6 +91,9 @@ class ConnectionStock:
         #: Connections opened in an older generation are replaced, never reused.
         self.generation = 0
         self._leased: dict[AsyncSession, ConnectionRecord] = {}
+        #: SQLite ``:memory:``: one connection never leased keeps the database alive.
+        self._keeper: ConnectionRecord | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._scrub = scrub
         #: Opens one connection of the engine; set for a ``credentials_provider``.
         self.opener: Callable[[AsyncEngine], Awaitable[AsyncConnection]] | None = None
@@ -97,23 +101,10 @@ class ConnectionStock:
     # --- opening and closing ---------------------------------------------------
 
     async def connect(self, timeout: float) -> ConnectionRecord:
-        """Open one connection within ``timeout`` seconds.
-
-        The connect runs in its own task, so a timeout or cancellation that
-        lands just as it succeeds cannot drop the connection on the floor: a
-        late result is closed by a callback.
-        """
+        """Open one connection within ``timeout`` seconds (see :func:`open_connection`)."""
         engine = self.engine
         assert engine is not None, "connect() before the engine exists"
-        opener = self.opener
-        task = asyncio.ensure_future(engine.connect() if opener is None else opener(engine))
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await asyncio.shield(task)
-        except BaseException:
-            task.cancel()
-            task.add_done_callback(_close_late_connection)
-            raise
+        conn = await open_connection(engine, self.opener, timeout)
         try:
             return ConnectionRecord(conn, self.config.max_lifetime, self.generation)
         except BaseException:
@@ -140,9 +131,37 @@ class ConnectionStock:
             if not isinstance(exc, Exception):
                 raise
 
-    async def close_all(self, last: ConnectionRecord | None = None) -> None:
+    async def open(self, count: int, *, keep_alive: bool, display: str) -> None:
+        """Open the first connections: with ``keep_alive`` the keeper (never
+        leased), then ``count`` idle ones concurrently, each within
+        ``connection_timeout``. Raises ``TimeoutError`` or ``ConnectionError``
+        naming ``display`` (the first failure); what was opened stays here for
+        :meth:`close_all`. Cancelled, nothing opened is lost."""
+        if keep_alive:
+            self._keeper = await self._connect_for_setup(display)
+        outcomes = await asyncio.gather(
+            *(self._warm_one(display) for _ in range(count)), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _warm_one(self, display: str) -> None:
+        # Kept the moment it exists, so a failed setup can close it.
+        self.idle.append(await self._connect_for_setup(display))
+
+    async def _connect_for_setup(self, display: str) -> ConnectionRecord:
+        timeout = self.config.connection_timeout
+        try:
+            return await self.connect(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no connection to {display} within {timeout:g}s") from None
+        except Exception as exc:
+            raise ConnectionError(f"cannot connect to {display}: {self._scrub(exc)}") from exc
+
+    async def close_all(self) -> None:
         """Cut off every leased connection (no I/O), close every idle one
-        gracefully, then ``last``, then dispose of the engine. Each close is
+        gracefully, then the keeper, then dispose of the engine. Each close is
         bounded by ``connection_timeout`` (then terminated); cancelled, every
         close in flight terminates its connection and the cancellation propagates."""
         for held in self._leased.values():  # still out after the drain: cut off
@@ -151,15 +170,12 @@ class ConnectionStock:
         idle = list(self.idle)
         self.idle.clear()
         await asyncio.gather(*(self.close_gracefully(held) for held in idle))
-        if last is not None:
-            await self.close_gracefully(last)
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await self.close_gracefully(keeper)
         engine, self.engine = self.engine, None
         if engine is not None:
             await engine.dispose()
-
-    def add(self, held: ConnectionRecord) -> None:
-        """Keep a connection just opened (by :meth:`connect`) idle."""
-        self.idle.append(held)
 
     async def shed(self, capacity: int) -> None:
         """Close idle connections, oldest first, while more than ``capacity``
@@ -180,11 +196,6 @@ class ConnectionStock:
         """The record leased to ``session``, no longer filed as leased (``None``:
         cut off by :meth:`close_all`). Hand it to :meth:`check_in` afterwards."""
         return self._leased.pop(session, None)
-
-    @property
-    def leased_count(self) -> int:
-        """Connections out on lease now."""
-        return len(self._leased)
 
     def leased_with(self, dbapi: object) -> ConnectionRecord | None:
         """The leased record whose DBAPI connection is ``dbapi``, if any."""
@@ -292,9 +303,7 @@ class ConnectionStock:
         """Was ``held`` opened before the last :meth:`retire_all`?"""
         return held.generation != self.generation
 
-    async def replace_retired(
-        self, gate: AdmissionGate, is_ready: Callable[[], bool], interval: float
-    ) -> None:
+    async def replace_retired(self, interval: float) -> None:
         """Close the retired idle connections one at a time, spread over ``interval``
         seconds, reopening up to ``min_size`` after each. A checkout may take
         (and drop) one first; cancelled, the rest are still dropped by checkouts
@@ -307,28 +316,51 @@ class ConnectionStock:
             except ValueError:
                 continue  # a checkout found it first and dropped it
             await self.close_gracefully(held)
-            await self.top_up(gate, is_ready)
+            await self.top_up()
             if pause:
                 await asyncio.sleep(pause)
-        await self.top_up(gate, is_ready)
+        await self.top_up()
 
     # --- maintenance ----------------------------------------------------------------
 
-    async def maintain(self, gate: AdmissionGate, is_ready: Callable[[], bool]) -> None:
+    def start_maintenance(self) -> None:
+        """Start the maintenance task (see :meth:`_maintain`)."""
+        self._maintenance = start_task(self._maintain(), name=f"resync-db-maintain-{self.name}")
+
+    async def stop_maintenance(self) -> None:
+        """Cancel the maintenance task and wait until it ended (the kernel's
+        ``stop_task``); cancelling the caller propagates at once."""
+        task, self._maintenance = self._maintenance, None
+        await stop_task(task)
+
+    async def _maintain(self) -> None:
         """Forever: close expired and surplus idle connections, reopen up to min_size.
 
         Wakes every :func:`~resync.core.pools.kernel.pacing.maintenance_tick` of
         ``idle_timeout`` and ``max_lifetime``; a failing round is logged and the
-        next one runs. Ends only by cancellation (the owner's ``stop_task``).
+        next one runs. Ends by cancellation. Cancelled while the pool is still
+        ready -- the event loop shutting down under a pool nobody closed
+        (``asyncio.run`` returning, a test ending), since ``close()`` stops it
+        only after leaving ``ready`` -- it closes every connection rather than
+        leave them to the garbage collector.
         """
         tick = maintenance_tick(self.config.idle_timeout, self.config.max_lifetime)
-        while True:
-            await asyncio.sleep(tick)
-            try:
-                await self.reap_idle()
-                await self.top_up(gate, is_ready)
-            except Exception as exc:  # one bad round must not end maintenance
-                logger.warning("pool '%s': maintenance failed: %s", self.name, self._scrub(exc))
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                try:
+                    await self.reap_idle()
+                    await self.top_up()
+                except Exception as exc:  # one bad round must not end maintenance
+                    logger.warning("pool '%s': maintenance failed: %s", self.name, self._scrub(exc))
+        except asyncio.CancelledError:
+            if self._is_ready():
+                logger.warning(
+                    "pool '%s' was never closed; closing its connections as the loop shuts down",
+                    self.name,
+                )
+                await self.close_all()
+            raise
 
     async def reap_idle(self) -> None:
         """Close expired or dead idle connections, and those idle longer than
@@ -355,10 +387,12 @@ class ConnectionStock:
             for held in victims:
                 await self.close_gracefully(held)
 
-    async def top_up(self, gate: AdmissionGate, is_ready: Callable[[], bool]) -> None:
-        """Reopen connections up to ``min_size``, each under an admission slot."""
+    async def top_up(self) -> None:
+        """Reopen connections up to ``min_size``, each under an admission slot
+        (none free: the pool is busy); a failure is logged and ends the round."""
+        gate = self._gate
         wanted = min(self.config.min_size, gate.capacity)
-        while is_ready() and len(self.idle) + len(self._leased) < wanted:
+        while self._is_ready() and len(self.idle) + len(self._leased) < wanted:
             # The slot keeps max_size an exact bound on open connections; when
             # none is free the pool is busy and has its connections anyway.
             if not gate.try_acquire():
@@ -375,8 +409,3 @@ class ConnectionStock:
                 return
             finally:
                 gate.release()
-
-
-def _close_late_connection(task: asyncio.Task[AsyncConnection]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        drop_connection(task.result())
