@@ -1,4 +1,25 @@
-"""Give back the connection slots that cancelled requests leave in httpcore's pool.
+"""Every use of httpx's and httpcore's private state, in one place.
+
+Why private state: httpcore has no public API to change a pool's limits after
+it is built, to find the connection pool behind an ``httpx.AsyncHTTPTransport``
+(``transport._pool``), or to repair its bookkeeping after a cancellation.
+Nothing else in resync reads or writes these attributes; every function here
+checks that the state looks exactly as expected and otherwise does nothing
+(another transport, another httpx/httpcore version). Checked against httpx
+0.29.0 and httpcore 1.0.9 (the development environment; resync asks for
+httpx >= 0.27); the state used is ``AsyncHTTPTransport._pool``,
+``AsyncConnectionPool._connections``, ``._requests``, ``._max_connections``,
+``._max_keepalive_connections``, ``._assign_requests_to_connections()``,
+``AsyncHTTPConnection._connection``, httpx's ``AsyncResponseStream._httpcore_stream``
+and httpcore's ``PoolByteStream._pool``, ``._pool_request``, ``._closed``.
+
+What it does with that state:
+
+- :func:`connection_pool_of` finds httpcore's pool behind a transport (the
+  HTTP pool's stats, drain and resize then use its public ``connections``);
+- :func:`set_connection_limits` changes httpcore's own limits (resize);
+- :func:`reclaim_orphaned_connections` and :class:`GuardedStream` give back
+  the connection slots that cancelled requests leave in httpcore's pool.
 
 httpcore 1.0 loses a slot of ``max_connections`` in two ways that resync's
 cancellation fuzz hits within a few thousand leases; once ``max_size`` slots
@@ -34,7 +55,12 @@ from typing import Any
 
 import httpx
 
-__all__ = ["GuardedStream", "reclaim_orphaned_connections"]
+__all__ = [
+    "GuardedStream",
+    "connection_pool_of",
+    "reclaim_orphaned_connections",
+    "set_connection_limits",
+]
 
 logger = logging.getLogger("resync.pool.http")
 
@@ -50,6 +76,29 @@ def _pool_of(obj: object) -> Any:
     ):
         return pool
     return None
+
+
+def connection_pool_of(transport: object) -> Any:
+    """The connection pool behind an httpx transport (anything with ``connections``), else None.
+
+    None for a closed client's or a custom transport without one.
+    """
+    core = getattr(transport, "_pool", None)
+    return core if hasattr(core, "connections") else None
+
+
+def set_connection_limits(core: object, max_connections: int, max_keepalive: int) -> bool:
+    """Set httpcore's ``max_connections`` and ``max_keepalive_connections`` of ``core``.
+
+    Returns False, changing nothing, if this httpcore keeps no such limits.
+    Takes effect for the next request httpcore assigns.
+    """
+    if not (hasattr(core, "_max_connections") and hasattr(core, "_max_keepalive_connections")):
+        return False
+    pool: Any = core
+    pool._max_connections = max_connections
+    pool._max_keepalive_connections = max_keepalive
+    return True
 
 
 def _close_in_background(connections: list[Any]) -> None:

@@ -27,7 +27,7 @@ Environment proxies are not read (``trust_env=False`` on the client): they
 would route requests past the transport wrapper. Pass ``proxy=`` instead.
 ``max_lifetime`` does not apply: httpx has no connection lifetime; ``drain()``
 replaces the connections instead, and ``resize()`` applies to httpx's own
-limits too (:mod:`~resync.core.pools.http.live`).
+limits too (:class:`~resync.core.pools.http.live.ConnectionTurnover`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from resync.core.exceptions import (
     ResyncError,
     TWSConnectionError,
 )
-from resync.core.pools.http.live import drain_http, resize_http
+from resync.core.pools.http.httpcore_state import connection_pool_of
+from resync.core.pools.http.live import ConnectionTurnover
 from resync.core.pools.http.transport import HTTPCounters, ResilientTransport
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.redact import mask_url, url_secrets
@@ -153,6 +154,13 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
         self._client: httpx.AsyncClient | None = None
         self._transport: ResilientTransport | None = None
         self._secret_values = url_secrets(url)
+        self._turnover = ConnectionTurnover(
+            self.name,
+            self.stats,
+            core_pool=self._core_pool,
+            is_ready=lambda: self.is_ready,
+            scrub=self.scrub,
+        )
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -227,13 +235,19 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
     def _count_failure(self) -> None:
         self.stats.connection_errors += 1
 
+    def _core_pool(self) -> Any:
+        """httpcore's pool under the client, or None (closed, or a custom transport)."""
+        return connection_pool_of(getattr(self._transport, "inner", None))
+
     # --- live operations (resync.core.pools.http.live) -------------------------------------
 
     async def _replace_connections(self, interval: float | None) -> int:
-        return await drain_http(self, interval)
+        return await self._turnover.drain(interval, grace=self.config.connection_timeout)
 
     async def _apply_resize(self) -> None:
-        await resize_http(self)
+        limits = self.client_kwargs.get("limits")
+        keepalive = None if limits is None else limits.max_keepalive_connections
+        await self._turnover.resize(self.config.max_size, keepalive)
 
     # --- errors ------------------------------------------------------------------------
 
@@ -241,7 +255,7 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
         if isinstance(error, ResyncError) or not isinstance(error, httpx.HTTPError):
             return error
         where = self._describe_request(error)
-        detail = self._scrub(error)
+        detail = self.scrub(error)
         name = self.name
         if isinstance(error, httpx.HTTPStatusError):
             status = error.response.status_code
@@ -285,12 +299,12 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
     # --- stats ---------------------------------------------------------------------------
 
     def _open_connections(self) -> int:
-        pool = getattr(getattr(self._transport, "inner", None), "_pool", None)
-        return len(getattr(pool, "connections", ()))
+        core = self._core_pool()
+        return 0 if core is None else len(core.connections)
 
     def _idle_connections(self) -> int:
-        pool = getattr(getattr(self._transport, "inner", None), "_pool", None)
-        return sum(1 for conn in getattr(pool, "connections", ()) if conn.is_idle())
+        core = self._core_pool()
+        return 0 if core is None else sum(1 for conn in core.connections if conn.is_idle())
 
     def get_stats_snapshot(self) -> dict[str, Any]:
         """The common stats plus an ``http`` section (requests, retries, failures)."""
