@@ -1,7 +1,8 @@
 """Background health of each pool: healthy, degraded or down.
 
 One task per pool runs a real round trip every ``health_check_interval``
-seconds (jittered by up to 10% so pools and replicas do not probe in step).
+seconds (jittered by the kernel's probe rule, ``pacing.jittered``: +-10%, so
+pools and replicas do not probe in step).
 Each check is bounded by the pool's ``connection_timeout``, so a hanging
 backend delays only its own task. The state moves:
 
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from resync.core.pools.kernel.loops import start_task, stop_task
+from resync.core.pools.kernel.pacing import jittered
 from resync.core.pools.kernel.pool import ConnectionPool, HealthResult
 
 __all__ = ["HealthMonitor", "HealthState", "PoolHealth"]
@@ -131,26 +133,21 @@ class HealthMonitor:
         """Start the periodic task (no-op when the interval is 0)."""
         interval = self.pool.config.health_check_interval
         if interval > 0 and self.task is None:
-            self.task = asyncio.create_task(
-                self._run(interval), name=f"resync-health-{self.pool.name}"
-            )
+            self.task = start_task(self._run(interval), name=f"resync-health-{self.pool.name}")
 
     async def _run(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            await asyncio.sleep(jittered(interval))
             try:
                 await self.check_now()
             except Exception:  # never let one bad check end the loop
                 logger.exception("pool '%s': health check crashed", self.pool.name)
 
     async def stop(self) -> None:
-        """Cancel the task and wait for it to end."""
+        """Cancel the task and wait until it has ended (kernel ``stop_task``).
+
+        Idempotent. If the caller is cancelled while waiting, the cancellation
+        propagates (the task was cancelled and ends on its own).
+        """
         task, self.task = self.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+        await stop_task(task)
