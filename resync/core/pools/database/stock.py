@@ -178,9 +178,7 @@ class ConnectionStock:
             await engine.dispose()
 
     async def shed(self, capacity: int) -> None:
-        """Close idle connections, oldest first, while more than ``capacity``
-        are open (idle plus leased); leased ones above it are closed by
-        maintenance once idle past ``idle_timeout``."""
+        """Close idle connections, oldest first, while more than ``capacity`` are open."""
         surplus = len(self.idle) + len(self._leased) - capacity
         while surplus > 0 and self.idle:
             await self.close_gracefully(self.idle.popleft())
@@ -338,11 +336,9 @@ class ConnectionStock:
 
         Wakes every :func:`~resync.core.pools.kernel.pacing.maintenance_tick` of
         ``idle_timeout`` and ``max_lifetime``; a failing round is logged and the
-        next one runs. Ends by cancellation. Cancelled while the pool is still
-        ready -- the event loop shutting down under a pool nobody closed
-        (``asyncio.run`` returning, a test ending), since ``close()`` stops it
-        only after leaving ``ready`` -- it closes every connection rather than
-        leave them to the garbage collector.
+        next one runs. Ends by cancellation; cancelled while the pool is still
+        ready (the loop shutting down under a pool nobody closed: ``close()``
+        leaves ``ready`` first) it closes every connection before it ends.
         """
         tick = maintenance_tick(self.config.idle_timeout, self.config.max_lifetime)
         try:
