@@ -15,6 +15,7 @@ or in the formatted traceback (causes included).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import traceback
 from dataclasses import fields
@@ -172,9 +173,8 @@ def loopback_only(url: str) -> str:
     # initialize() may connect: never let a generated URL reach beyond loopback.
     for host in ("localhost", "[::1]"):
         url = url.replace(f"@{host}", "@127.0.0.1").replace(f"//{host}", "//127.0.0.1")
-    for port in (":6379", ":1", ":0"):
-        url = url.replace(f"127.0.0.1{port}", f"127.0.0.1:{CLOSED_PORT}")
-    return url
+    # Whole ports only: ":1" must not rewrite the ":1" of ":10" into an invalid port.
+    return re.sub(r"127\.0\.0\.1:(6379|1|0)(?!\d)", f"127.0.0.1:{CLOSED_PORT}", url)
 
 
 @pytest.mark.slow
