@@ -26,7 +26,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resync.core.exceptions import SettingsError
-from resync.core.pools.redis.url import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_redis_target
+from resync.core.pools.redis.url import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    STANDALONE_SCHEMES,
+    parse_redis_target,
+)
 from resync.core.redact import mask_url
 from resync.settings_tls import check_ca_path, parse_verify, tls_problems
 
@@ -38,7 +43,6 @@ URL_FIELDS = frozenset({"DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL", "T
 #: Prefix of the six pool variables of each backend.
 BACKEND_PREFIXES = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
 
-_REDIS_SCHEMES = {"redis", "rediss", "unix"}
 
 DBSSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -244,7 +248,7 @@ class Settings(BaseSettings):
             _ = parts.port
         except ValueError:
             raise ValueError("must be a URL such as redis://host:6379/0") from None
-        if parts.scheme not in _REDIS_SCHEMES:
+        if parts.scheme not in STANDALONE_SCHEMES:
             raise ValueError(
                 "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
             )
