@@ -160,7 +160,7 @@ async def _reset_manager() -> None:
         return
     from resync.core.pools import pool_manager
 
-    if pool_manager._manager_instance is not None:
+    if pool_manager.current_connection_pool_manager() is not None:
         await pool_manager.reset_connection_pool_manager()
 
 
@@ -169,14 +169,14 @@ def _reset_manager_sync() -> None:
         return  # never imported: there is no manager to reset
     from resync.core.pools import pool_manager
 
-    if pool_manager._manager_instance is None:
+    if pool_manager.current_connection_pool_manager() is None:
         return
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         asyncio.run(pool_manager.reset_connection_pool_manager())
     else:  # a loop runs in this thread (pytest inside an async test): just forget it
-        pool_manager._manager_instance = None
+        pool_manager.forget_connection_pool_manager()
 
 
 def _loop_scope(item: pytest.Item) -> str:

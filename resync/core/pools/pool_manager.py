@@ -6,7 +6,9 @@ opens them concurrently and all-or-nothing, watches each with a background
 health task, answers queries, and shuts everything down with one draining
 :meth:`close_all`. ``get_connection_pool_manager()`` gives the process-wide
 instance (one, however many callers race for it);
-``reset_connection_pool_manager()`` closes and forgets it.
+``reset_connection_pool_manager()`` closes and forgets it;
+``current_connection_pool_manager()`` returns it without creating one and
+``forget_connection_pool_manager()`` drops it without closing (test harnesses).
 
 Settings are read when the manager starts, from the ``settings`` given to the
 constructor or else this module's ``settings`` name (so a test can substitute
@@ -34,6 +36,8 @@ from resync.settings import Settings, settings
 
 __all__ = [
     "ConnectionPoolManager",
+    "current_connection_pool_manager",
+    "forget_connection_pool_manager",
     "get_connection_pool_manager",
     "reset_connection_pool_manager",
 ]
@@ -63,6 +67,7 @@ class ConnectionPoolManager:
         self.health: dict[str, PoolHealth] = {}
         self._monitors: dict[str, HealthMonitor] = {}
         self._registered: dict[str, tuple[ConnectionPool[Any], bool]] = {}
+        # _initialized: the start succeeded; _shutdown: close_all() has begun (never reset).
         self._initialized = False
         self._shutdown = False
         self._lock: asyncio.Lock | None = None
@@ -76,6 +81,21 @@ class ConnectionPoolManager:
     def settings(self) -> Any:
         """The settings this manager reads (the module-level ones unless given)."""
         return self._settings if self._settings is not None else settings
+
+    @property
+    def is_open(self) -> bool:
+        """True between a successful start and ``close_all()``."""
+        return self._initialized and not self._shutdown
+
+    @property
+    def is_shutdown(self) -> bool:
+        """True once ``close_all()`` has begun on a started manager (it stays closed)."""
+        return self._shutdown
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the manager was started on (``None`` before the start)."""
+        return self._loop
 
     @property
     def _health_check_tasks(self) -> set[asyncio.Task[None]]:
@@ -101,7 +121,7 @@ class ConnectionPoolManager:
                 "(or call reset_connection_pool_manager())"
             )
         if self._initialized:
-            self._check_loop()
+            self.check_loop()
             return
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -188,7 +208,7 @@ class ConnectionPoolManager:
         if not self._initialized:
             self._registered[name] = (pool, required)
             return
-        self._check_loop()
+        self.check_loop()
         self._registered[name] = (pool, required)
         await pool.initialize()
         self._adopt(name, pool, required, datetime.now(UTC))
@@ -200,7 +220,7 @@ class ConnectionPoolManager:
         if not self._initialized:
             logger.warning("get_pool('%s') on a pool manager that is not initialized", pool_name)
             return None
-        self._check_loop()
+        self.check_loop()
         return self.pools.get(pool_name)
 
     def pool(self, pool_name: str) -> ConnectionPool[Any]:
@@ -234,7 +254,7 @@ class ConnectionPoolManager:
         """
         if not self._initialized or self._shutdown:
             return {}
-        self._check_loop()
+        self.check_loop()
         names = list(self._monitors)
         results = await asyncio.gather(*(self._monitors[n].check_now() for n in names))
         return dict(zip(names, results, strict=True))
@@ -300,7 +320,11 @@ class ConnectionPoolManager:
 
     # --- helpers -----------------------------------------------------------------
 
-    def _check_loop(self) -> None:
+    def check_loop(self) -> None:
+        """Raise ``ManagerError`` if called on another event loop than the manager's.
+
+        Before the start, or outside any running loop, there is nothing to check.
+        """
         if self._loop is None:
             return
         try:
@@ -316,7 +340,7 @@ class ConnectionPoolManager:
 
 
 def _describe(exc: BaseException, pool: ConnectionPool[Any]) -> str:
-    text = pool._scrub(exc) if isinstance(exc, Exception) else type(exc).__name__
+    text = pool.scrub(exc) if isinstance(exc, Exception) else type(exc).__name__
     return mask_url(f"{type(exc).__name__}: {text}")
 
 
@@ -345,11 +369,11 @@ async def get_connection_pool_manager() -> ConnectionPoolManager:
     """
     global _manager_instance
     instance = _manager_instance
-    if instance is not None and instance._initialized and not instance._shutdown:
-        instance._check_loop()
+    if instance is not None and instance.is_open:
+        instance.check_loop()
         return instance
     async with _lock_for_this_loop():
-        if _manager_instance is None or _manager_instance._shutdown:
+        if _manager_instance is None or _manager_instance.is_shutdown:
             _manager_instance = ConnectionPoolManager()
         instance = _manager_instance
         try:
@@ -371,7 +395,7 @@ async def reset_connection_pool_manager(drain_timeout: float | None = None) -> N
     instance, _manager_instance = _manager_instance, None
     if instance is None:
         return
-    loop = instance._loop
+    loop = instance.loop
     if loop is not None and loop is not asyncio.get_running_loop():
         logger.warning("forgetting a pool manager opened on another event loop without closing it")
         return
@@ -379,3 +403,18 @@ async def reset_connection_pool_manager(drain_timeout: float | None = None) -> N
         await instance.close_all(drain_timeout)
     except Exception as exc:
         logger.error("error while closing the pool manager: %s", type(exc).__name__)
+
+
+def current_connection_pool_manager() -> ConnectionPoolManager | None:
+    """The process-wide manager if one was created (started or not), else None; no I/O."""
+    return _manager_instance
+
+
+def forget_connection_pool_manager() -> None:
+    """Drop the process-wide manager without closing it (its pools stay as they are).
+
+    For a harness that cannot await the close (a loop is already running in
+    this thread); prefer ``reset_connection_pool_manager()``.
+    """
+    global _manager_instance
+    _manager_instance = None
