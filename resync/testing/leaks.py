@@ -23,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import os
-import sys
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, cast
 
 import resync
 from resync.core.pools.base_pool import ConnectionPool
@@ -50,6 +50,16 @@ _TRANSPARENT = (
     functools.__file__,
 )
 _BOUNDARY = tuple(f"{os.sep}{name}{os.sep}" for name in ("_pytest", "pluggy", "pytest_asyncio"))
+
+
+def _caller_of_caller() -> FrameType | None:
+    """The frame that called the function that calls this (``sys._getframe(1)`` there)."""
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back if frame is not None else None
+        return caller.f_back if caller is not None else None
+    finally:
+        del frame  # a frame referencing itself would wait for the garbage collector
 
 
 def _is_internal(filename: str) -> bool:
@@ -174,7 +184,7 @@ class LeakTracker:
                 task: asyncio.Future[Any] = previous(loop, coro, **kwargs)
             else:
                 task = asyncio.Task(coro, loop=loop, **kwargs)
-            sites[task] = creation_site(sys._getframe(1))
+            sites[task] = creation_site(_caller_of_caller())
             return task
 
         self._factory = factory
@@ -221,7 +231,8 @@ class LeakTracker:
                 found.append(Leak("task", _describe_task(task), _format_site(site, "created")))
         if "lease" in kinds:
             for lease, site, holder in self.leases.values():
-                pool = lease._pool
+                # ConnectionPool is the one implementation of the lease's LeaseHost.
+                pool = cast(ConnectionPool[Any], lease.pool)
                 what = (
                     f"open lease on pool '{pool.name}' ({type(pool).__name__}, "
                     f"{pool.state.value}) held by task {holder!r}"
@@ -241,7 +252,7 @@ class LeakTracker:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
         loop = asyncio.get_running_loop()
-        pools = [pool for pool, _ in self.open_pools() if pool._loop in (loop, None)]
+        pools = [pool for pool, _ in self.open_pools() if pool.loop in (loop, None)]
         if pools:
             closes = [asyncio.ensure_future(pool.close(drain_timeout=0)) for pool in pools]
             await asyncio.wait(closes, timeout=timeout)
@@ -275,11 +286,11 @@ def _install() -> None:
     def __init__(self: ConnectionPool[Any], *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         if _active:
-            _active[-1].pools.append((self, creation_site(sys._getframe(1))))
+            _active[-1].pools.append((self, creation_site(_caller_of_caller())))
 
     @functools.wraps(enter)
     async def __aenter__(self: Lease[Any]) -> Any:
-        site = creation_site(sys._getframe(1))
+        site = creation_site(_caller_of_caller())
         connection = await enter(self)
         if _active:
             task = asyncio.current_task()
