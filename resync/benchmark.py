@@ -107,7 +107,7 @@ async def bench_pool(
     Errors (a timeout, a failed round trip) are counted, not raised.
     Cancelling the caller cancels the workers; their leases are returned.
     """
-    lease, ping, yield_once = pool.get_connection, pool._ping, asyncio.sleep
+    lease, ping, yield_once = pool.get_connection, pool.ping, asyncio.sleep
 
     async def lease_only() -> None:
         async with lease():

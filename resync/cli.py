@@ -194,7 +194,7 @@ async def _check(settings: Any) -> tuple[list[dict[str, Any]], bool]:
         except ResyncError as exc:
             row["error"] = _masked(str(exc))
         except Exception as exc:
-            row["error"] = _masked(f"{type(exc).__name__}: {pool._scrub(exc)}")
+            row["error"] = _masked(f"{type(exc).__name__}: {pool.scrub(exc)}")
         finally:
             await pool.close(drain_timeout=0)
         if spec.required and not row["healthy"]:
