@@ -53,7 +53,7 @@ _BOUNDARY = tuple(f"{os.sep}{name}{os.sep}" for name in ("_pytest", "pluggy", "p
 
 
 def _caller_of_caller() -> FrameType | None:
-    """The frame that called the function that calls this (``sys._getframe(1)`` there)."""
+    """The frame that called the function that calls this one (None if unknown)."""
     frame = inspect.currentframe()
     try:
         caller = frame.f_back if frame is not None else None

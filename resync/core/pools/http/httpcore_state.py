@@ -1,8 +1,8 @@
 """Every use of httpx's and httpcore's private state, in one place.
 
 Why private state: httpcore has no public API to change a pool's limits after
-it is built, to find the connection pool behind an ``httpx.AsyncHTTPTransport``
-(``transport._pool``), or to repair its bookkeeping after a cancellation.
+it is built, to find the connection pool behind an ``httpx.AsyncHTTPTransport``,
+or to repair its bookkeeping after a cancellation.
 Nothing else in resync reads or writes these attributes; every function here
 checks that the state looks exactly as expected and otherwise does nothing
 (another transport, another httpx/httpcore version). Checked against httpx
