@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, cast
+from typing import Any
 
 import resync
 from resync.core.pools.base_pool import ConnectionPool
@@ -231,8 +231,7 @@ class LeakTracker:
                 found.append(Leak("task", _describe_task(task), _format_site(site, "created")))
         if "lease" in kinds:
             for lease, site, holder in self.leases.values():
-                # ConnectionPool is the one implementation of the lease's LeaseHost.
-                pool = cast(ConnectionPool[Any], lease.pool)
+                pool = lease.pool
                 what = (
                     f"open lease on pool '{pool.name}' ({type(pool).__name__}, "
                     f"{pool.state.value}) held by task {holder!r}"
