@@ -176,7 +176,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                 if isinstance(exc, ResyncError) or not isinstance(exc, Exception):
                     raise
                 raise self.errors.setup(
-                    f"Failed to setup pool '{self.name}': {self._scrub(exc)}",
+                    f"Failed to setup pool '{self.name}': {self.scrub(exc)}",
                     pool_name=self.name,
                 ) from exc
             if self._current_state() is not PoolState.NEW:  # closed while setting up
@@ -233,7 +233,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
             await self._close_pool()
         except Exception as exc:
             logger.error(
-                "pool '%s': error while closing the driver: %s", self.name, self._scrub(exc)
+                "pool '%s': error while closing the driver: %s", self.name, self.scrub(exc)
             )
         finally:
             self._state = PoolState.CLOSED
@@ -243,7 +243,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         try:
             await asyncio.shield(self._close_pool())
         except BaseException as exc:  # cleanup must not hide the setup error
-            logger.debug("pool '%s': cleanup after failed setup: %s", self.name, self._scrub(exc))
+            logger.debug("pool '%s': cleanup after failed setup: %s", self.name, self.scrub(exc))
 
     async def __aenter__(self) -> Self:
         await self.initialize()
@@ -299,7 +299,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         or "shutdown" error outside ``ready``. Cancelling the caller stops
         the spreading; connections already marked are still replaced on return.
         """
-        self._check_usable()
+        self.check_usable()
         replaced = await self._replace_connections(interval)
         logger.info("pool '%s': draining %d connection(s)", self.name, replaced)
         return replaced

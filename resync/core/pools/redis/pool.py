@@ -243,7 +243,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             async with self.get_connection() as client:
                 info = await client.info("stats")
         except (ResyncError, RedisError, OSError, TimeoutError) as exc:
-            logger.warning("pool '%s': INFO failed: %s", self.name, self._scrub(exc))
+            logger.warning("pool '%s': INFO failed: %s", self.name, self.scrub(exc))
             return {}
         return {
             "pool_name": self.name,

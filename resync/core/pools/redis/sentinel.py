@@ -160,7 +160,7 @@ class RedisSentinelPool(RedisConnectionPool):
             try:
                 await self._follow()
             except (RedisError, OSError, TimeoutError) as exc:
-                logger.debug("pool '%s': Sentinel watch: %s", self.name, self._scrub(exc))
+                logger.debug("pool '%s': Sentinel watch: %s", self.name, self.scrub(exc))
             except Exception:  # a bug must not end the watch silently
                 logger.exception("pool '%s': Sentinel watch failed", self.name)
             await asyncio.sleep(backoff)
