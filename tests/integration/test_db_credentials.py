@@ -154,7 +154,7 @@ async def test_rotation_then_drain_moves_every_connection_to_the_new_password_wi
             )
         async with pool.get_connection() as session:
             assert await session.scalar(text("SELECT current_user")) == role
-        assert "old-Pa55" not in pool._scrub("old-Pa55 new-Pa55")
+        assert "old-Pa55" not in pool.scrub("old-Pa55 new-Pa55")
     finally:
         await pool.close()
 

@@ -209,6 +209,6 @@ async def test_provided_passwords_are_scrubbed_from_the_pool_errors() -> None:
     assert source is not None
     await source.fetch()
     await source.fetch()
-    scrubbed = pool._scrub("login failed for first-token-abc then second-token-xyz")
+    scrubbed = pool.scrub("login failed for first-token-abc then second-token-xyz")
     assert "token" not in scrubbed
     assert pool.get_stats_snapshot()["details"]["credential_fetches"] == 2
