@@ -252,9 +252,7 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
                     await conn.disconnect()
                     await conn.connect()  # type: ignore[no-untyped-call]
                 except Exception as exc:  # reconnects on its next use
-                    logger.info(
-                        "pool '%s': reopening during drain: %s", self.name, self.scrub(exc)
-                    )
+                    logger.info("pool '%s': reopening during drain: %s", self.name, self.scrub(exc))
                 finally:  # the node's free list now (a resize may have replaced it)
                     _node_free(node).append(conn)
             elif conn.is_connected:
