@@ -320,7 +320,7 @@ async def test_a_holder_cancelled_mid_use_has_its_resource_closed(
         await task
     assert held[0].closed
     assert pool.closed_by_reason["cancelled"] == 1
-    assert pool.stats.active_connections == 0 and pool._gate.in_use == 0
+    assert pool.stats.active_connections == 0 and pool.gate.in_use == 0
 
 
 async def test_reuse_after_cancel_returns_the_resource_through_reset(factory: Factory) -> None:
@@ -430,7 +430,7 @@ async def test_an_overflow_resource_is_handed_to_a_queued_caller_instead_of_clos
                 await done.wait()
 
         task = asyncio.create_task(waiter())
-        await eventually(lambda: pool._gate.waiting == 1)
+        await eventually(lambda: pool.gate.waiting == 1)
         await first.__aexit__(None, None, None)  # two open > max_size, but a caller waits
         await eventually(lambda: bool(got))
         assert got[0] is a and not a.closed
@@ -469,7 +469,7 @@ async def test_an_expired_resource_in_use_is_closed_when_returned(factory: Facto
 
 async def test_lifetimes_are_jittered(factory: Factory) -> None:
     async with make_pool(factory, min_size=5, max_size=5, max_lifetime=100.0) as pool:
-        lifetimes = {round(e.expires - e.created, 6) for e in pool._entries}
+        lifetimes = {round(e.expires - e.created, 6) for e in pool._stock.records}
         assert len(lifetimes) > 1
         assert all(95.0 <= span <= 100.0 for span in lifetimes)
 
@@ -523,7 +523,7 @@ async def test_close_closes_every_resource_and_stops_the_maintenance_task(
 ) -> None:
     pool = make_pool(factory, min_size=2, idle_timeout=0.1)
     await pool.initialize()
-    task = pool._maintenance
+    task = pool._stock.maintenance
     assert task is not None and not task.done()
     await pool.close()
     assert task.done()
@@ -636,8 +636,8 @@ async def test_random_failures_and_cancellations_never_lose_a_slot_or_a_resource
         await asyncio.sleep(0.003)
         rng.choice(tasks).cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert pool._gate.in_use == 0 and pool.stats.active_connections == 0
-    assert not pool._in_use and pool.size <= 6
+    assert pool.gate.in_use == 0 and pool.stats.active_connections == 0
+    assert not pool._stock.leased and pool.size <= 6
     await pool.drain(interval=0.0)
     await pool.close()
     assert {id(t) for t in made} == {id(t) for t in closed}  # each made one closed ...

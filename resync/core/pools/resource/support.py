@@ -1,14 +1,13 @@
 """Small parts of the resource pool: the per-resource record and the callback glue.
 
-Kept apart from :mod:`~resync.core.pools.resource.pool` so the pool module is
-only the state machine.
+Shared by :mod:`~resync.core.pools.resource.pool` (the public face and the
+lease hooks) and :mod:`~resync.core.pools.resource.stock` (the records and
+their maintenance); imports neither.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import random
 from collections.abc import Awaitable, Callable
 from typing import Generic, Literal, TypeAlias, TypeVar, cast
 
@@ -16,12 +15,10 @@ from resync.core.exceptions import PoolConfigError, ResourceBroken
 
 __all__ = [
     "CLOSE_REASONS",
-    "Entry",
+    "ConnectionRecord",
     "IdleOrder",
     "check_options",
     "default_is_broken",
-    "expiry",
-    "maintenance_tick",
     "resolve",
 ]
 
@@ -48,12 +45,14 @@ CLOSE_REASONS = (
 )
 
 
-class Entry(Generic[T]):
+class ConnectionRecord(Generic[T]):
     """One open resource and what the pool knows about it (times are monotonic).
 
-    ``expires`` is already jittered; ``generation`` is compared with the pool's
-    to replace everything opened before a ``drain()``; ``broken`` is set by
-    ``mark_broken`` or a failed ping, and closes the resource on return.
+    ``expires`` is already jittered (the kernel's
+    :func:`~resync.core.pools.kernel.pacing.expiry`); ``generation`` is
+    compared with the stock's to replace everything opened before a
+    ``drain()``; ``broken`` is set by ``mark_broken`` or a failed ping, and
+    closes the resource on return.
     """
 
     __slots__ = ("broken", "created", "expires", "generation", "last_checked", "last_used", "value")
@@ -68,7 +67,7 @@ class Entry(Generic[T]):
         self.broken = False
 
     def __repr__(self) -> str:
-        return f"<Entry {self.value!r} gen={self.generation}>"
+        return f"<ConnectionRecord {self.value!r} gen={self.generation}>"
 
 
 async def resolve(value: Awaitable[R] | R) -> R:
@@ -81,29 +80,6 @@ async def resolve(value: Awaitable[R] | R) -> R:
 def default_is_broken(error: BaseException) -> bool:
     """A holder's error that means its resource is unusable: ``ResourceBroken``."""
     return isinstance(error, ResourceBroken)
-
-
-def expiry(now: float, max_lifetime: float) -> float:
-    """When a resource opened at ``now`` expires: ``max_lifetime`` minus up to 5%.
-
-    The jitter keeps resources opened together from all expiring together.
-    """
-    if max_lifetime <= 0:
-        return math.inf
-    return now + max_lifetime * random.uniform(0.95, 1.0)
-
-
-def maintenance_tick(*periods: float) -> float:
-    """How often the maintenance task looks at idle resources.
-
-    A quarter of the shortest positive period (idle timeout, lifetime,
-    validation interval), between 10 ms and 30 s; 30 s when none is set
-    (replacements are still made at once: closing a resource wakes the task).
-    """
-    positive = [p for p in periods if p > 0]
-    if not positive:
-        return 30.0
-    return min(max(min(positive) / 4, 0.01), 30.0)
 
 
 def check_options(
