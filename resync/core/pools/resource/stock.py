@@ -1,26 +1,18 @@
 """The open resources of one resource pool, and everything that makes, checks and ends them.
 
 :class:`ResourceStock` owns the records (:class:`~.support.ConnectionRecord`)
-of every open resource -- idle, leased, or being validated -- the count of
-creations in flight, the callers waiting for the next resource, and the
-maintenance task. It knows nothing of the pool: the pool hands it its config,
-stats, admission gate, a :class:`~.maker.ResourceMaker` running the user's
-callbacks and a ``scrub`` for messages.
+of every open resource -- idle, leased, or being validated -- the creations
+in flight, the callers waiting for the next resource and the maintenance
+task. It knows nothing of the pool, which hands it its config, stats,
+admission gate, a :class:`~.maker.ResourceMaker` and a ``scrub`` for messages.
 
-The maintenance task wakes every kernel
-:func:`~resync.core.pools.kernel.pacing.maintenance_tick` of ``idle_timeout``,
-``max_lifetime`` and ``validate_interval`` (or every ``maintenance_interval``)
-and whenever a resource was closed; each pass:
-
-1. closes idle resources that expired, were drained or belong to a closing pool;
-2. closes resources idle longer than ``idle_timeout``, oldest first, while more
-   than ``min_size`` are open;
-3. closes idle surplus above ``max_size`` (overflow kept for a queued caller);
-4. validates idle resources not checked for ``validate_interval`` seconds;
-5. creates resources up to ``min_size``, each with backoff and jitter.
-
-A failed pass is logged and the next one runs at the next tick.
-:meth:`ResourceStock.close_all` stops the task (the kernel's
+Maintenance wakes every kernel :func:`~resync.core.pools.kernel.pacing.maintenance_tick`
+(or ``maintenance_interval``) and whenever a resource was closed. A pass closes
+idle resources that are stale (expired, drained, pool closing), idle longer
+than ``idle_timeout`` above ``min_size``, or surplus above ``max_size``;
+validates those unchecked for ``validate_interval``; and refills to
+``min_size`` with backoff. A failed pass is logged; the next tick runs another.
+:meth:`ResourceStock.close_all` stops the task (kernel
 :func:`~resync.core.pools.kernel.loops.stop_task`) and cancels creations in
 flight; closes already started finish in their own tasks.
 """
@@ -28,7 +20,6 @@ flight; closes already started finish in their own tasks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -41,7 +32,7 @@ from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pacing import drain_interval, expiry, maintenance_tick
 from resync.core.pools.kernel.stats import ConnectionPoolStats
 from resync.core.pools.resource.maker import ResourceMaker
-from resync.core.pools.resource.support import ConnectionRecord, IdleOrder
+from resync.core.pools.resource.support import ConnectionRecord, Handoff, IdleOrder
 
 __all__ = ["ResourceStock"]
 
@@ -98,7 +89,7 @@ class ResourceStock(Generic[T]):
         self.create_failures = 0
         self.maintenance: asyncio.Task[None] | None = None
         self._creating: set[asyncio.Task[Exception | None]] = set()
-        self._waiters: deque[asyncio.Future[ConnectionRecord[T]]] = deque()
+        self._waiters: Handoff[ConnectionRecord[T]] = Handoff()
         self._closing: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Event | None = None
 
@@ -110,7 +101,7 @@ class ResourceStock(Generic[T]):
     @property
     def live_waiters(self) -> int:
         """Callers waiting now for the next resource made or returned."""
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        return self._waiters.live
 
     # --- opening and closing the stock -----------------------------------------------
 
@@ -146,10 +137,8 @@ class ResourceStock(Generic[T]):
         await stop_task(maintenance)
         if creating:
             await asyncio.gather(*creating, return_exceptions=True)
-        while self._waiters:  # leases still checking out after the drain deadline
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(closed_error())
+        # leases still checking out after the drain deadline
+        self._waiters.fail(closed_error(), everyone=True)
         self.idle.clear()
         self.leased.clear()
         for record in list(self.records):
@@ -180,8 +169,7 @@ class ResourceStock(Generic[T]):
             if reason is None:
                 return self._lend(record)
             self.discard(record, reason)
-        waiter: asyncio.Future[ConnectionRecord[T]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        waiter = self._waiters.join()
         if self.opening < self.live_waiters:
             self.spawn_open(retry=False)
         try:
@@ -192,8 +180,7 @@ class ResourceStock(Generic[T]):
                 if waiter.exception() is None:  # handed over just as this caller gave up
                     self.keep(waiter.result())
             else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                self._waiters.leave(waiter)
             raise
         return self._lend(record)
 
@@ -270,12 +257,8 @@ class ResourceStock(Generic[T]):
 
     def _deliver(self, record: ConnectionRecord[T]) -> None:
         """To the oldest caller waiting for a resource (not validated again), else idle."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(record)
-                return
-        self.idle.append(record)
+        if not self._waiters.give(record):
+            self.idle.append(record)
 
     async def check(self, record: ConnectionRecord[T], budget: float) -> str | None:
         """Run ``validate`` on a record nobody else can see; None if it passed.
@@ -313,11 +296,7 @@ class ResourceStock(Generic[T]):
             record = await self._open(retry=retry)
         except Exception as exc:
             self.create_failures += 1
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(exc)
-                    break
+            self._waiters.fail(exc)
             return exc
         finally:
             self.opening -= 1

@@ -7,7 +7,10 @@ their maintenance); imports neither.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, Literal, TypeAlias, TypeVar, cast
 
@@ -16,6 +19,7 @@ from resync.core.exceptions import PoolConfigError, ResourceBroken
 __all__ = [
     "CLOSE_REASONS",
     "ConnectionRecord",
+    "Handoff",
     "IdleOrder",
     "check_options",
     "default_is_broken",
@@ -68,6 +72,51 @@ class ConnectionRecord(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<ConnectionRecord {self.value!r} gen={self.generation}>"
+
+
+class Handoff(Generic[T]):
+    """The callers waiting for the next resource made or returned, oldest first.
+
+    Each waits on a future of its own; one that gave up (cancelled or timed
+    out) is skipped, so a resource is never handed to nobody.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: deque[asyncio.Future[T]] = deque()
+
+    @property
+    def live(self) -> int:
+        """Callers still waiting now."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def join(self) -> asyncio.Future[T]:
+        """A new place at the back of the queue; await it for the resource."""
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def leave(self, waiter: asyncio.Future[T]) -> None:
+        """Forget ``waiter`` (its caller gave up before anything was handed over)."""
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def give(self, item: T) -> bool:
+        """Hand ``item`` to the oldest live waiter; False if nobody waits."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return True
+        return False
+
+    def fail(self, error: BaseException, *, everyone: bool = False) -> None:
+        """Raise ``error`` to the oldest live waiter (or to all, with ``everyone``)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+                if not everyone:
+                    return
 
 
 async def resolve(value: Awaitable[R] | R) -> R:
