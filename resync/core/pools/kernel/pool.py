@@ -285,8 +285,6 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                 pool_name=self.name,
             )
 
-    _check_usable = check_usable
-
     # --- live operations ------------------------------------------------------------
 
     async def drain(self, interval: float | None = None) -> int:
@@ -435,8 +433,6 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
     def scrub(self, error: object) -> str:
         """``str(error)`` with every secret of this pool (URL passwords, tokens) masked."""
         return scrub(str(error), self._secrets())
-
-    _scrub = scrub
 
     async def ping(self, connection: ConnectionType) -> None:
         """One round trip on a leased ``connection`` (what ``health_check`` measures)."""
