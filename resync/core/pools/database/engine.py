@@ -69,6 +69,9 @@ def create_engine(
     refuses (the pool's ``initialize()`` reports it as a setup error).
     """
     url = shared_memory_url(target) if target.is_memory else target.url
+    # Bound parameters never enter SQLAlchemy's error text or its logs (a token or
+    # personal data bound as a parameter would leak into every log line of an error).
+    engine_kwargs = {"hide_parameters": True, **engine_kwargs}
     engine = create_async_engine(url, poolclass=NullPool, **engine_kwargs)
 
     def count_open(*_: Any) -> None:
