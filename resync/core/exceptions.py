@@ -122,6 +122,11 @@ class ResyncError(Exception):
     error is not about one pool (settings, for example).
     """
 
+    #: True when the driver error behind this one may quote secrets (a bound
+    #: parameter, SQL text): the pool then raises it ``from None``, so no
+    #: traceback or log line prints the driver's error.
+    hides_cause: bool = False
+
     def __init__(self, message: str = "", *, pool_name: str | None = None) -> None:
         super().__init__(message)
         self.pool_name = pool_name
@@ -243,6 +248,15 @@ class DatabaseStatementTimeoutError(DatabaseError, TimeoutError):
 
     (asyncpg's ``command_timeout``.) The connection is discarded when the
     lease ends. Also a builtin :class:`TimeoutError`, as the driver's was.
+    """
+
+
+class DatabaseConnectionLostError(DatabaseError, ConnectionError):
+    """The connection to the database server broke (or was refused) during a lease.
+
+    Nothing was committed (a broken ``COMMIT`` is
+    :class:`DatabaseCommitUnknownError`); the connection is discarded. Also a
+    builtin :class:`ConnectionError`. Retry once the server answers again.
     """
 
 

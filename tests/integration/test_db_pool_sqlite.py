@@ -311,7 +311,7 @@ async def test_sqlalchemy_error_becomes_a_counted_database_error(make_pool: Make
     assert message.startswith("Database operation failed: ")
     assert "no such table" in message
     assert "'errors'" in message
-    assert isinstance(caught.value.__cause__, OperationalError)
+    assert isinstance(caught.value.__context__, OperationalError)  # raised from None
     assert pool.get_stats_snapshot()["connection_errors"] == 1
     async with pool.get_connection() as session:
         assert await scalar(session, "SELECT 1") == 1

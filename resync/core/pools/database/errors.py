@@ -16,14 +16,30 @@ here so the rules live in one place:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy.engine import Connection, ExceptionContext
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from resync.core.exceptions import DatabaseStatementTimeoutError, ResyncError
 
-__all__ = ["READ_ONLY_SQLSTATE", "connection_lost", "sqlstate_of", "statement_error_hook"]
+__all__ = [
+    "READ_ONLY_SQLSTATE",
+    "connection_lost",
+    "describe_sql_error",
+    "sqlstate_of",
+    "statement_error_hook",
+]
+
+logger = logging.getLogger("resync.pool")
+
+#: Attribute set on SQLAlchemy's error: the text forms of the values bound to it.
+_BOUND = "resync_bound_values"
+#: SQLAlchemy's asyncpg adapter prefixes the driver's message with its class.
+_CLASS_PREFIX = re.compile(r"^<class '[^']+'>:\s*")
 
 #: SQLSTATE of "cannot execute <statement> in a read-only transaction".
 READ_ONLY_SQLSTATE = "25006"
@@ -45,6 +61,50 @@ def sqlstate_of(error: BaseException | None) -> str | None:
         error = error.orig if isinstance(error, DBAPIError) else error.__cause__
         seen += 1
     return None
+
+
+def describe_sql_error(error: BaseException) -> str:
+    """What went wrong, in words that hold no bound parameter: the driver's error
+    class, its SQLSTATE and the first line of its message, made safe.
+
+    The message is left out for data exceptions (SQLSTATE class 22) and for the
+    driver's own argument errors: both quote the offending value
+    (``invalid input for query argument $1: 'the-api-key'``). Elsewhere every
+    value bound to the failed statement (recorded by :func:`statement_error_hook`)
+    is replaced by ``***``. SQLAlchemy's text, with the statement, is never used:
+    the statement reaches the log only at DEBUG, its parameters never.
+    """
+    # SQLAlchemy's own text carries the statement: read the error it wraps.
+    driver = error.orig if isinstance(error, StatementError) else error
+    name = type(driver if driver is not None else error).__name__
+    code = sqlstate_of(error)
+    label = f"{name}, SQLSTATE {code}" if code else name
+    if driver is None:
+        return label
+    text = str(driver).strip().splitlines()[0] if str(driver).strip() else ""
+    text = _CLASS_PREFIX.sub("", text)[:200]
+    if not text or (code or "").startswith("22") or "argument" in text.lower():
+        return label
+    for value in sorted(getattr(error, _BOUND, ()), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return f"{label}: {text}"
+
+
+def _bound_values(parameters: Any) -> tuple[str, ...]:
+    """The text forms (``str`` and ``repr``) of the values bound to a statement."""
+    found: set[str] = set()
+    batches = parameters if isinstance(parameters, list) else [parameters]
+    for batch in batches:
+        values = batch.values() if isinstance(batch, Mapping) else batch
+        if not isinstance(values, Iterable) or isinstance(values, str | bytes):
+            continue
+        for value in values:
+            if value is None or isinstance(value, bool):
+                continue
+            for form in (str(value), repr(value)):
+                if len(form) >= 3:  # shorter ones cannot be told from the message's own text
+                    found.add(form)
+    return tuple(found)
 
 
 def connection_lost(error: BaseException) -> bool:
@@ -80,6 +140,17 @@ def statement_error_hook(
 
     def handle(context: ExceptionContext) -> BaseException | None:
         error = context.original_exception
+        wrapped = context.sqlalchemy_exception
+        if wrapped is not None and context.parameters:
+            # For describe_sql_error: which values to keep out of the message.
+            setattr(wrapped, _BOUND, _bound_values(context.parameters))
+        if logger.isEnabledFor(logging.DEBUG):  # the statement, never its parameters
+            logger.debug(
+                "pool '%s': statement failed (%s): %s",
+                pool_name,
+                describe_sql_error(error),
+                scrub(context.statement or "")[:500],
+            )
         if not isinstance(error, Exception | TimeoutError):
             _abort_driver(context.connection)
             return None
@@ -87,8 +158,8 @@ def statement_error_hook(
             _abort_driver(context.connection)
             return DatabaseStatementTimeoutError(
                 f"Database operation failed: the server did not answer within the driver's "
-                f"command timeout: {scrub(context.statement or 'COMMIT')[:200]} (pool "
-                f"'{pool_name}'); the connection is discarded",
+                f"command timeout (pool '{pool_name}'); the connection is discarded. Raise "
+                "the timeout or make the statement faster",
                 pool_name=pool_name,
             )
         return None

@@ -25,9 +25,10 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from resync.core.exceptions import DATABASE_ERRORS
+from resync.core.exceptions import DATABASE_ERRORS, DatabaseConnectionLostError, ResyncError
 from resync.core.pools.database.credentials import CredentialsProvider
 from resync.core.pools.database.engine import create_engine, ping_after
+from resync.core.pools.database.errors import describe_sql_error
 from resync.core.pools.database.release import LeaseEnd
 from resync.core.pools.database.replacement import Replacement
 from resync.core.pools.database.replicas import ReadLease
@@ -387,12 +388,26 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     # --- errors and health -----------------------------------------------------------------
 
     def _map_error(self, error: BaseException) -> BaseException:
-        if isinstance(error, SQLAlchemyError):
-            return self.errors.base(
-                f"Database operation failed: {self.scrub(error)} (pool '{self.name}')",
+        # The message names the driver's error class and SQLSTATE only: the
+        # driver's text may quote a bound parameter and SQLAlchemy's carries the
+        # statement (logged at DEBUG by the engine's hook). Raised ``from None``.
+        if not isinstance(error, SQLAlchemyError):
+            return error
+        what = describe_sql_error(error)
+        if self._is_backend_failure(error):
+            mapped: ResyncError = DatabaseConnectionLostError(
+                f"Database operation failed: the connection to the server broke ({what}) "
+                f"(pool '{self.name}'); nothing was committed, retry when the server answers",
                 pool_name=self.name,
             )
-        return error
+        else:
+            mapped = self.errors.base(
+                f"Database operation failed: {what} (pool '{self.name}'); the transaction "
+                "was rolled back (the statement is logged at DEBUG)",
+                pool_name=self.name,
+            )
+        mapped.hides_cause = True
+        return mapped
 
     def _is_backend_failure(self, error: BaseException) -> bool:
         if isinstance(error, DBAPIError):

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from resync.core.exceptions import DatabaseCommitUnknownError, ErrorFamily
-from resync.core.pools.database.errors import connection_lost
+from resync.core.pools.database.errors import connection_lost, describe_sql_error
 from resync.core.pools.database.record import ConnectionRecord
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.kernel.stats import ConnectionPoolStats
@@ -144,19 +144,19 @@ class LeaseEnd:
             self.stats.connection_errors += 1
             raise DatabaseCommitUnknownError(
                 f"Database operation failed: the connection was lost during COMMIT, so the "
-                f"transaction may or may not have been committed: {type(failure).__name__} "
-                f"{self.scrub(failure)} (pool '{self.name}'). Check for its effect before "
-                "retrying it",
+                f"transaction may or may not have been committed ({describe_sql_error(failure)}) "
+                f"(pool '{self.name}'). Check for its effect before retrying it",
                 pool_name=self.name,
-            ) from failure
+            ) from None
         if not isinstance(failure, SQLAlchemyError):
             raise failure
         self.stats.connection_errors += 1
+        # The driver's text may quote a value (a constraint's key): class and SQLSTATE only.
         raise self.errors.base(
-            f"Database operation failed: commit failed and was rolled back: "
-            f"{self.scrub(failure)} (pool '{self.name}')",
+            f"Database operation failed: commit failed and was rolled back "
+            f"({describe_sql_error(failure)}) (pool '{self.name}')",
             pool_name=self.name,
-        ) from failure
+        ) from None
 
     async def _roll_back(
         self, session: AsyncSession, held: ConnectionRecord | None, cause: BaseException

@@ -174,7 +174,7 @@ class Lease(Generic[T]):
             mapped = pool._on_acquire_error(exc, perf_counter() - start)
             if mapped is exc:
                 raise
-            raise mapped from exc
+            raise mapped from (None if getattr(mapped, "hides_cause", False) else exc)
         self._conn = conn
         self._state = _HELD
         now = self._granted_at = perf_counter()
@@ -226,4 +226,4 @@ class Lease(Generic[T]):
         if exc is not None:
             mapped = pool._map_error(exc)
             if mapped is not exc:
-                raise mapped from exc
+                raise mapped from (None if getattr(mapped, "hides_cause", False) else exc)
