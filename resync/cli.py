@@ -69,7 +69,11 @@ def main_options(
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind (default: PORT).")] = None,
+    port: Annotated[
+        int | None,
+        # The same range as the PORT setting: refused before anything binds.
+        typer.Option(min=0, max=65535, help="Port to bind, 0-65535 (default: PORT)."),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Worker processes, each with its own pools (default: WORKERS)."),
@@ -307,7 +311,16 @@ def bench(
     if not levels or min(levels) < 1:
         errors.print("[bold red]error:[/] --concurrency takes positive integers, e.g. 1,10,100")
         raise typer.Exit(2)
-    names = [spec.name for spec in pool_specs(settings) if not pool or spec.name in pool]
+    configured = [spec.name for spec in pool_specs(settings)]
+    unknown = [name for name in (pool or []) if name not in configured]
+    if unknown:
+        errors.print(
+            f"[bold red]error:[/] no pool named {', '.join(map(repr, unknown))}; "
+            f"configured pools: {', '.join(configured) or 'none'}",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    names = [name for name in configured if not pool or name in pool]
     results: list[PoolBenchResult] = []
     with Progress(console=errors, transient=True, disable=as_json) as progress:
         task = progress.add_task("benchmarking pools", total=len(names) * 2 * len(levels))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -53,3 +54,20 @@ def test_bench_command_prints_json_for_the_configured_pools() -> None:
 def test_bench_command_rejects_a_bad_concurrency() -> None:
     result = CliRunner().invoke(app, ["bench", "--concurrency", "0"])
     assert result.exit_code == 2
+
+
+def test_bench_command_refuses_an_unknown_pool_naming_the_configured_ones() -> None:
+    env = {"DATABASE_URL": "sqlite+aiosqlite:///:memory:", "REDIS_URL": "", "TWS_BASE_URL": ""}
+    result = CliRunner().invoke(app, ["bench", "--pool", "nosuch", "--duration", "0.1"], env=env)
+    assert result.exit_code == 2
+    assert "no pool named 'nosuch'" in result.output
+    assert "configured pools: database" in result.output
+
+
+def test_serve_refuses_a_port_out_of_range_like_the_port_setting() -> None:
+    env = {"DATABASE_URL": "sqlite+aiosqlite:///:memory:", "REDIS_URL": "", "TWS_BASE_URL": ""}
+    result = CliRunner().invoke(app, ["serve", "--port", "99999"], env=env)
+    assert result.exit_code == 2
+    shown = " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╭╮╰╯─]", " ", result.output).split())
+    assert "Invalid value for '--port'" in shown and "65535" in shown, shown
+    assert "serving on" not in shown
