@@ -187,8 +187,19 @@ def _loop_scope(item: pytest.Item) -> str:
     return str(scope or item.config.getini("asyncio_default_test_loop_scope") or "function")
 
 
+#: A test is guarded when it uses one of these (directly or through another
+#: fixture). The short names ``db_session``, ``redis_client`` and ``http_client``
+#: are not here: resync's own aliases of them depend on ``resync_manager``, so
+#: they are guarded through it, while a project's own fixture of that name,
+#: which overrides the alias, leaves its tests alone.
 _RESYNC_FIXTURES = frozenset(
-    {"resync_settings", "resync_manager", "db_session", "redis_client", "http_client"}
+    {
+        "resync_settings",
+        "resync_manager",
+        "resync_db_session",
+        "resync_redis_client",
+        "resync_http_client",
+    }
 )
 
 
@@ -318,25 +329,52 @@ def _pool_of(manager: ConnectionPoolManager, name: str, fixture: str, setting: s
 
 
 @_async_fixture
-async def db_session(resync_manager: ConnectionPoolManager) -> AsyncIterator[AsyncSession]:
+async def resync_db_session(
+    resync_manager: ConnectionPoolManager,
+) -> AsyncIterator[AsyncSession]:
     """A session leased from the "database" pool; what the test did not commit is rolled back."""
-    pool = _pool_of(resync_manager, "database", "db_session", "DATABASE_URL")
+    pool = _pool_of(resync_manager, "database", "resync_db_session", "DATABASE_URL")
     async with pool.get_connection() as session:
         yield session
         await session.rollback()
 
 
 @_async_fixture
-async def redis_client(resync_manager: ConnectionPoolManager) -> AsyncIterator[Redis]:
+async def resync_redis_client(resync_manager: ConnectionPoolManager) -> AsyncIterator[Redis]:
     """A Redis client leased from the "redis" pool (needs REDIS_URL)."""
-    pool = _pool_of(resync_manager, "redis", "redis_client", "REDIS_URL")
+    pool = _pool_of(resync_manager, "redis", "resync_redis_client", "REDIS_URL")
     async with pool.get_connection() as client:
         yield client
 
 
 @_async_fixture
-async def http_client(resync_manager: ConnectionPoolManager) -> AsyncIterator[httpx.AsyncClient]:
+async def resync_http_client(
+    resync_manager: ConnectionPoolManager,
+) -> AsyncIterator[httpx.AsyncClient]:
     """The upstream HTTP client leased from the "tws_http" pool (needs TWS_BASE_URL)."""
-    pool = _pool_of(resync_manager, "tws_http", "http_client", "TWS_BASE_URL")
+    pool = _pool_of(resync_manager, "tws_http", "resync_http_client", "TWS_BASE_URL")
     async with pool.get_connection() as client:
         yield client
+
+
+# Short aliases, kept for the tests already written with them. A project's own
+# fixture of the same name overrides them (conftest fixtures win over a
+# plugin's), and its tests are then not guarded (see _RESYNC_FIXTURES).
+
+
+@pytest.fixture
+def db_session(resync_db_session: AsyncSession) -> AsyncSession:
+    """Alias of ``resync_db_session``."""
+    return resync_db_session
+
+
+@pytest.fixture
+def redis_client(resync_redis_client: Redis) -> Redis:
+    """Alias of ``resync_redis_client``."""
+    return resync_redis_client
+
+
+@pytest.fixture
+def http_client(resync_http_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Alias of ``resync_http_client``."""
+    return resync_http_client

@@ -359,8 +359,8 @@ async def test_http(http_client):
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
-            "*the redis_client fixture needs the 'redis' pool*set REDIS_URL*",
-            "*the http_client fixture needs the 'tws_http' pool*set TWS_BASE_URL*",
+            "*redis_client fixture needs the 'redis' pool*set REDIS_URL*",
+            "*http_client fixture needs the 'tws_http' pool*set TWS_BASE_URL*",
         ]
     )
 
@@ -415,3 +415,34 @@ async def test_a_resync_test_is_guarded(resync_manager):
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*unclosed pool 'guarded'*"])
     assert "'unrelated'" not in result.stdout.str()
+
+
+def test_a_projects_own_fixture_named_like_resyncs_is_not_guarded(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(BASE_INI)  # no resync_isolation opt-in
+    pytester.makeconftest(
+        """
+import pytest
+
+@pytest.fixture
+def db_session():
+    return "the project's own session"
+"""
+    )
+    result = run(
+        pytester,
+        """
+async def sleep_forever():
+    await asyncio.sleep(3600)
+
+async def test_own_fixture_wins_and_is_not_guarded(db_session):
+    assert db_session == "the project's own session"
+    asyncio.create_task(sleep_forever())  # the project's business, not resync's
+
+async def test_resync_fixture_is_guarded(resync_db_session):
+    asyncio.create_task(sleep_forever())
+""",
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_resync_fixture_is_guarded*"])
