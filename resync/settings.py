@@ -5,14 +5,16 @@ Every field is named exactly as the environment variable that sets it
 object is built; a bad value raises :class:`~resync.core.exceptions.SettingsError`
 whose message names each variable and the rule it broke, with secrets hidden.
 
-``settings`` is the process-wide instance the pool manager reads by default;
-tests and embedding applications pass their own ``Settings(...)`` instead.
+``settings`` is the process-wide instance the pool manager reads by default,
+built on first use by :func:`get_settings` (never at import: importing resync
+does not read the environment); tests and embedding applications pass their
+own ``Settings(...)`` instead.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -35,7 +37,14 @@ from resync.core.pools.redis.url import (
 from resync.core.redact import mask_url
 from resync.settings_tls import check_ca_path, parse_verify, tls_problems
 
-__all__ = ["BACKEND_PREFIXES", "URL_FIELDS", "Settings", "settings"]
+__all__ = [
+    "BACKEND_PREFIXES",
+    "URL_FIELDS",
+    "Settings",
+    "get_settings",
+    "reset_settings",
+    "settings",
+]
 
 #: Fields whose values may carry credentials; masked wherever settings are shown.
 URL_FIELDS = frozenset({"DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL", "TWS_BASE_URL"})
@@ -350,4 +359,35 @@ def _settings_error(exc: ValidationError) -> SettingsError:
     return SettingsError(text, problems)
 
 
-settings: Settings = Settings()
+_process_settings: Settings | None = None
+
+if TYPE_CHECKING:
+    #: The process-wide settings (built by :func:`get_settings` on first use).
+    settings: Settings
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, built from the environment and ``.env`` on first call.
+
+    Cached: later calls return the same object. Raises ``SettingsError`` (naming
+    each variable and its rule) when a value is invalid; nothing is cached then,
+    so a corrected environment is read on the next call.
+    """
+    global _process_settings
+    if _process_settings is None:
+        _process_settings = Settings()
+    return _process_settings
+
+
+def reset_settings() -> None:
+    """Forget the cached process settings; the next :func:`get_settings` reads again."""
+    global _process_settings
+    _process_settings = None
+
+
+def __getattr__(name: str) -> Any:
+    # ``resync.settings.settings`` (the seed's name) is built lazily, so importing
+    # resync never reads the environment; ``patch("resync.settings.settings")`` works.
+    if name == "settings":
+        return get_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

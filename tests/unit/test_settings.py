@@ -122,3 +122,39 @@ def test_module_level_settings_object_exists() -> None:
     from resync.settings import settings
 
     assert isinstance(settings, Settings)
+
+
+def test_importing_resync_never_reads_the_environment() -> None:
+    """An unrelated LOG_LEVEL=trace of the user's app must not break ``import resync.api``."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import resync, resync.api, resync.core.pools, resync.core.pools.pool_manager\n"
+        "import resync.settings as s\n"
+        "from resync.core.exceptions import SettingsError\n"
+        "try:\n"
+        "    s.get_settings()\n"
+        "except SettingsError as exc:\n"
+        "    print('refused:', [name for name, _ in exc.errors])\n"
+    )
+    env = {**os.environ, "LOG_LEVEL": "trace"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "refused: ['LOG_LEVEL']"
+
+
+def test_process_settings_are_built_once_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resync.settings as module
+
+    monkeypatch.setenv("DB_POOL_MAX_SIZE", "7")
+    module.reset_settings()
+    try:
+        first = module.get_settings()
+        assert first.DB_POOL_MAX_SIZE == 7
+        assert module.settings is first and module.get_settings() is first
+    finally:
+        module.reset_settings()

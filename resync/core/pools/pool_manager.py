@@ -26,13 +26,14 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import resync.settings as settings_module
 from resync.core.exceptions import ManagerError, ManagerStartError, PoolNotFoundError
 from resync.core.pools.kernel.pool import ConnectionPool
 from resync.core.pools.manager.budget import BudgetLine, check_budget
 from resync.core.pools.manager.health import HealthMonitor, HealthState, PoolHealth
 from resync.core.pools.manager.specs import build_pools, read_setting
 from resync.core.redact import mask_url
-from resync.settings import Settings, settings
+from resync.settings import Settings
 
 __all__ = [
     "ConnectionPoolManager",
@@ -80,7 +81,8 @@ class ConnectionPoolManager:
     @property
     def settings(self) -> Any:
         """The settings this manager reads (the module-level ones unless given)."""
-        return self._settings if self._settings is not None else settings
+        # Read at use, not import: lazy (see resync.settings) and patchable by tests.
+        return self._settings if self._settings is not None else _module_settings()
 
     @property
     def is_open(self) -> bool:
@@ -418,3 +420,17 @@ def forget_connection_pool_manager() -> None:
     """
     global _manager_instance
     _manager_instance = None
+
+
+def _module_settings() -> Any:
+    """This module's ``settings`` if a test substituted it, else the process settings."""
+    substitute = globals().get("settings")
+    return substitute if substitute is not None else settings_module.settings
+
+
+def __getattr__(name: str) -> Any:
+    # ``pool_manager.settings`` names the process settings, built on first use
+    # (never at import); ``patch("resync.core.pools.pool_manager.settings")`` works.
+    if name == "settings":
+        return settings_module.settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
