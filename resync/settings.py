@@ -22,6 +22,7 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -176,6 +177,11 @@ class Settings(BaseSettings):
         description="Instances (pods) of the service sharing the servers' connection limits.",
     )
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines of `resync serve`: 'text' (human) or 'json' (one object per "
+        "line with time, level, logger, message, and pool/event/request_id when known).",
+    )
     HOST: str = Field(default="127.0.0.1", description="Address `resync serve` binds.")
     PORT: int = Field(default=8000, ge=0, le=65535, description="Port `resync serve` binds.")
     ADMIN_TOKEN: SecretStr | None = Field(
@@ -196,6 +202,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -336,13 +347,16 @@ class Settings(BaseSettings):
             else:
                 yield name, value
 
+    # The URL fields stay plain ``str`` (the seed and every driver read them as
+    # strings), so they behave like SecretStr only where settings are shown:
+    # repr, model_dump() and model_dump_json() all mask their passwords.
+    @field_serializer(*sorted(URL_FIELDS), when_used="always")
+    def _mask_url_fields(self, value: str | None) -> str | None:
+        return mask_url(value) if value is not None else None
+
     def masked(self) -> dict[str, Any]:
         """Every setting as a plain dict, with the password of each URL masked."""
-        data = self.model_dump()
-        for name in URL_FIELDS:
-            if data.get(name) is not None:
-                data[name] = mask_url(data[name])
-        return data
+        return self.model_dump()
 
 
 def _settings_error(exc: ValidationError) -> SettingsError:

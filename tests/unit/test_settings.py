@@ -158,3 +158,28 @@ def test_process_settings_are_built_once_on_first_use(monkeypatch: pytest.Monkey
         assert module.settings is first and module.get_settings() is first
     finally:
         module.reset_settings()
+
+
+def test_model_dump_and_json_never_show_a_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL settings behave like SecretStr wherever settings are serialised."""
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+asyncpg://app:{SECRET}@db/app")
+    monkeypatch.setenv("DATABASE_REPLICA_URLS", f"postgresql+asyncpg://ro:{SECRET}@r1/app")
+    monkeypatch.setenv("REDIS_URL", f"redis://:{SECRET}@cache:6379/0")
+    monkeypatch.setenv("TWS_BASE_URL", f"https://svc:{SECRET}@api.example.com")
+    monkeypatch.setenv("ADMIN_TOKEN", SECRET * 3)
+    s = Settings()
+    dumped = s.model_dump()
+    for text in (str(dumped), s.model_dump_json(), repr(s), str(s), str(s.masked())):
+        assert SECRET not in text
+    assert dumped["DATABASE_URL"] == "postgresql+asyncpg://app:***@db/app"
+    # The values themselves stay usable by the pools.
+    assert SECRET in s.DATABASE_URL and SECRET in (s.REDIS_URL or "")
+
+
+def test_log_format_accepts_text_or_json_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().LOG_FORMAT == "text"
+    monkeypatch.setenv("LOG_FORMAT", "JSON")
+    assert Settings().LOG_FORMAT == "json"
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(SettingsError, match="LOG_FORMAT"):
+        Settings()
