@@ -5,7 +5,13 @@ and :class:`~resync.core.metrics.Histogram` objects, and this collector turns
 them into metric families when Prometheus scrapes. Connection metrics follow
 the OpenTelemetry database-client pool conventions
 (``db.client.connection.*``) mapped to Prometheus names; resync's own extras
-are ``resync_pool_*``. Every series has ``pool`` and ``backend`` labels.
+are ``resync_pool_*``. Every series has ``pool`` and ``backend`` labels, and
+the label names OpenTelemetry's Prometheus exporter writes for the same
+attributes: ``db_client_connection_pool_name`` (``db.client.connection.pool.name``,
+always equal to ``pool``) and, where there is a ``state`` label,
+``db_client_connection_state`` (``db.client.connection.state``, equal to
+``state``). ``pool`` and ``state`` are kept for one more release so existing
+dashboards and alerts keep working; move queries to the OpenTelemetry names.
 
 =============================================  =====  ===========================
 metric                                         type   meaning
@@ -51,7 +57,13 @@ from resync.core.resilience import STATE_CODES, BreakerState
 __all__ = ["PoolCollector", "build_registry"]
 
 HEALTH_STATES = ("healthy", "degraded", "down")
-LABELS = ["pool", "backend"]
+# ``pool`` and ``state`` are the original label names, kept for one release
+# (deprecated); ``db_client_connection_pool_name`` / ``db_client_connection_state``
+# are the names OpenTelemetry's Prometheus exporter gives the
+# ``db.client.connection.pool.name`` / ``db.client.connection.state`` attributes.
+# Each pair always carries the same value.
+LABELS = ["pool", "backend", "db_client_connection_pool_name"]
+STATE_LABELS = [*LABELS, "state", "db_client_connection_state"]
 
 PoolSource = Callable[[], Mapping[str, ConnectionPool[Any]]]
 HealthSource = Callable[[], Mapping[str, str]]
@@ -86,12 +98,12 @@ class PoolCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         pools = dict(self._pools())
         health = dict(self._health()) if self._health is not None else {}
-        rows = [([name, pool.backend], pool) for name, pool in pools.items()]
+        rows = [([name, pool.backend, name], pool) for name, pool in pools.items()]
 
         count = GaugeMetricFamily(
             "db_client_connection_count",
             "Connections by state: used = leased now, idle = open and not leased.",
-            labels=[*LABELS, "state"],
+            labels=STATE_LABELS,
         )
         gauges = {
             "max": GaugeMetricFamily(
@@ -128,7 +140,7 @@ class PoolCollector(Collector):
         health_family = GaugeMetricFamily(
             "resync_pool_health_state",
             "1 for the pool's current health state (healthy, degraded, down).",
-            labels=[*LABELS, "state"],
+            labels=STATE_LABELS,
         )
         breaker_family = GaugeMetricFamily(
             "resync_pool_circuit_breaker_state",
@@ -137,8 +149,8 @@ class PoolCollector(Collector):
         )
         for labels, pool in rows:
             stats = pool.get_stats_snapshot()
-            count.add_metric([*labels, "used"], stats["active_connections"])
-            count.add_metric([*labels, "idle"], stats["idle_connections"])
+            count.add_metric([*labels, "used", "used"], stats["active_connections"])
+            count.add_metric([*labels, "idle", "idle"], stats["idle_connections"])
             gauges["max"].add_metric(labels, stats["capacity"])
             gauges["min"].add_metric(labels, stats["min_size"])
             gauges["pending"].add_metric(labels, stats["waiting_connections"])
@@ -148,7 +160,9 @@ class PoolCollector(Collector):
             state = health.get(labels[0])
             if state is not None:
                 for candidate in HEALTH_STATES:
-                    health_family.add_metric([*labels, candidate], 1 if candidate == state else 0)
+                    health_family.add_metric(
+                        [*labels, candidate, candidate], 1 if candidate == state else 0
+                    )
             breaker = pool.circuit_breaker
             if breaker is not None:
                 breaker_family.add_metric(labels, STATE_CODES[BreakerState(breaker.state)])

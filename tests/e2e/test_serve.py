@@ -114,7 +114,10 @@ async def test_serve_handles_200_concurrent_kv_requests(
         assert pools["database"]["connection_errors"] == 0
         assert pools["redis"]["connection_errors"] == 0
         metrics = (await client.get("/metrics")).text
-        assert 'resync_pool_leases_total{backend="database",pool="database"}' in metrics
+        assert (
+            'resync_pool_leases_total{backend="database",'
+            'db_client_connection_pool_name="database",pool="database"}'
+        ) in metrics
 
 
 @pytest.mark.slow

@@ -139,7 +139,10 @@ async def test_leaks_are_exported_as_resync_pool_leaks_total(
     await task
     registry = build_registry(lambda: {"leaky": pool})
     text = generate_latest(registry).decode()
-    assert 'resync_pool_leaks_total{backend="memory",pool="leaky"} 1.0' in text
+    assert (
+        'resync_pool_leaks_total{backend="memory",'
+        'db_client_connection_pool_name="leaky",pool="leaky"} 1.0'
+    ) in text
 
 
 async def test_disabled_detection_arms_nothing_on_the_lease_path(
