@@ -1,10 +1,14 @@
-"""The FastAPI service: ``create_app()`` and its lifespan.
+"""The service ``resync serve`` runs: ``create_app()``, built on the public pieces.
 
-The lifespan opens the pool manager (all-or-nothing: if a pool cannot open,
-the app does not start) and, on shutdown, closes it with a drain of
-``POOL_DRAIN_TIMEOUT`` seconds so requests in flight keep their connections.
-The database pool gets the example ``resync_kv`` table on start. The admin
-endpoints (:mod:`resync.api.admin`) are mounted only when ``ADMIN_TOKEN`` is set.
+``create_app`` is :func:`~resync.api.lifespan.resync_lifespan` plus
+:func:`~resync.api.lifespan.include_resync_routes` on a FastAPI app of its own
+(title "resync"), and, with ``include_examples=True`` (what ``resync serve``
+asks for through :func:`serve_app`), the example ``/api/kv`` router and its
+``resync_kv`` table. An app of your own should use those two pieces directly
+(README "In a FastAPI app"); ``create_app`` is the demo service.
+
+The admin endpoints (:mod:`resync.api.admin`) are mounted only when
+``ADMIN_TOKEN`` is set.
 """
 
 from __future__ import annotations
@@ -17,42 +21,39 @@ from typing import Any
 from fastapi import FastAPI
 
 from resync import __version__
-from resync.api import admin, kv, routes
-from resync.api.errors import install_error_handlers
-from resync.core.pools.manager.specs import DATABASE_POOL, read_setting
+from resync.api import kv
+from resync.api.lifespan import include_resync_routes, resync_lifespan
+from resync.core.pools.manager.specs import DATABASE_POOL
 from resync.core.pools.pool_manager import ConnectionPoolManager
-from resync.core.prometheus import build_registry
 from resync.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serve_app"]
 
 logger = logging.getLogger("resync.api")
 
 
-def create_app(settings: Settings | Any | None = None, *, include_examples: bool = True) -> FastAPI:
-    """Build the service. ``settings`` defaults to the process-wide ones.
+def create_app(
+    settings: Settings | Any | None = None, *, include_examples: bool = False
+) -> FastAPI:
+    """Build the service app. ``settings`` defaults to the process-wide ones,
+    read when this is called (not at import).
 
     Nothing is opened here; the pools open when the app's lifespan starts
-    (uvicorn, or ``asgi_lifespan.LifespanManager`` in tests).
+    (uvicorn, or ``asgi_lifespan.LifespanManager`` in tests) and close, with a
+    drain of ``POOL_DRAIN_TIMEOUT`` seconds, when it ends.
     """
     if settings is None:
-        from resync.settings import settings as process_settings
+        from resync.settings import get_settings
 
-        settings = process_settings
+        settings = get_settings()
     manager = ConnectionPoolManager(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await manager.initialize()
-        app.state.resync_manager = manager
-        try:
+        async with resync_lifespan(app, manager=manager):
             if include_examples:
                 await kv.create_kv_table(manager.pool(DATABASE_POOL))
             yield
-        finally:
-            drain = read_setting(settings, "POOL_DRAIN_TIMEOUT", 20.0)
-            logger.info("shutting down: draining pools for up to %ss", drain)
-            await manager.close_all(drain_timeout=drain)
 
     app = FastAPI(
         title="resync",
@@ -61,14 +62,12 @@ def create_app(settings: Settings | Any | None = None, *, include_examples: bool
         lifespan=lifespan,
     )
     app.state.resync_manager = manager
-    app.state.resync_registry = build_registry(
-        lambda: manager.pools,
-        lambda: {name: h.state.value for name, h in manager.health.items()},
-    )
-    install_error_handlers(app)
-    app.include_router(routes.router)
-    if admin.admin_token(settings) is not None:  # no token: the admin routes do not exist
-        app.include_router(admin.router)
+    include_resync_routes(app, admin=True, settings=settings)
     if include_examples:
         app.include_router(kv.router)
     return app
+
+
+def serve_app() -> FastAPI:
+    """What ``resync serve`` runs: :func:`create_app` with the ``/api/kv`` example."""
+    return create_app(include_examples=True)

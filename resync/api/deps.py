@@ -11,12 +11,23 @@ Use the annotated aliases::
 
     @app.get("/items")
     async def items(session: DBSession) -> list[str]: ...
+
+and, for any other pool of the manager (a second database from settings, a
+pool given to ``manager.register(...)``), :func:`pool_lease`::
+
+    Reports = Annotated[AsyncSession, pool_lease("reports")]
+
+or :func:`pool_dependency`, which builds that ``Annotated`` type for you
+(``Reports = pool_dependency("reports", AsyncSession)``; mypy resolves it as
+``AsyncSession`` when written in an annotation through ``Annotated`` as above,
+so prefer ``pool_lease`` in code checked by mypy).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 from fastapi import Depends, Request
@@ -24,8 +35,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resync.core.exceptions import ManagerError, PoolNotFoundError
+from resync.core.pools.kernel.state import PoolState
+from resync.core.pools.manager.health import HealthState
 from resync.core.pools.manager.specs import DATABASE_POOL, HTTP_POOL, REDIS_POOL
 from resync.core.pools.pool_manager import ConnectionPoolManager
+
+T = TypeVar("T")
+
+logger = logging.getLogger("resync.api")
 
 __all__ = [
     "DBReadSession",
@@ -40,6 +57,8 @@ __all__ = [
     "get_manager",
     "get_optional_redis",
     "get_redis",
+    "pool_dependency",
+    "pool_lease",
 ]
 
 _HINTS = {
@@ -92,19 +111,78 @@ async def get_redis(manager: Manager) -> AsyncIterator[Redis]:
         yield client
 
 
+def _usable(manager: ConnectionPoolManager, name: str) -> bool:
+    """Is pool ``name`` configured, open, not known down and its breaker not open?"""
+    pool = manager.pools.get(name)
+    if pool is None or pool.state is not PoolState.READY:
+        return False
+    health = manager.health.get(name)
+    if health is not None and health.state is HealthState.DOWN:
+        return False
+    breaker = pool.circuit_breaker
+    # retry_after() reads the breaker without spending a half-open probe.
+    return breaker is None or breaker.retry_after() == 0
+
+
 async def get_optional_redis(manager: Manager) -> AsyncIterator[Redis | None]:
-    """Like :func:`get_redis`, but None when Redis is not configured."""
-    if REDIS_POOL not in manager.pools:
+    """Like :func:`get_redis`, but None when Redis cannot serve this request.
+
+    None when Redis is not configured, not open yet (an optional pool that
+    could not open at start keeps retrying in the background), known down by
+    the health checks, its circuit breaker is open, or the lease itself fails
+    (timeout, connection refused): the route decides what to do without Redis,
+    and the dependency never turns a cache outage into a 500. Errors raised by
+    commands the route sends are the route's to catch (``RedisPoolError``).
+    """
+    if not _usable(manager, REDIS_POOL):
         yield None
         return
-    async with manager.pool(REDIS_POOL).get_connection() as client:
+    lease = manager.pool(REDIS_POOL).get_connection()
+    try:
+        client = await lease.__aenter__()
+    except Exception as exc:
+        logger.warning("optional redis unavailable for this request: %s", type(exc).__name__)
+        yield None
+        return
+    try:
         yield client
+    except BaseException as exc:
+        await lease.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await lease.__aexit__(None, None, None)
 
 
 async def get_http_client(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
     """The upstream API client, leased for this request (503 if TWS_BASE_URL is unset)."""
     async with _pool(manager, HTTP_POOL).get_connection() as client:
         yield client
+
+
+def pool_lease(name: str) -> Any:
+    """``Depends`` leasing from the manager's pool ``name`` for one request.
+
+    Use as ``Annotated[AsyncSession, pool_lease("reports")]``. The lease is the
+    pool's ``get_connection()``: it ends (commit/rollback/return) before the
+    response is sent, a lease error answers 503 per the error contract, and an
+    unknown name answers 503 ``pool_not_configured`` naming the pool.
+    """
+
+    async def lease(manager: Manager) -> AsyncIterator[Any]:
+        async with _pool(manager, name).get_connection() as connection:
+            yield connection
+
+    lease.__name__ = f"lease_{name}"
+    return Depends(lease, scope="function")
+
+
+def pool_dependency(name: str, kind: type[T]) -> Any:
+    """``Annotated[kind, pool_lease(name)]``: a ready-made parameter type.
+
+    ``Reports = pool_dependency("reports", AsyncSession)``; then
+    ``async def route(db: Reports)``. ``kind`` is the type the pool leases
+    (``AsyncSession``, ``Redis``, ``httpx.AsyncClient``, your resource type).
+    """
+    return Annotated[kind, pool_lease(name)]
 
 
 DBSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]

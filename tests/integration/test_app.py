@@ -67,7 +67,7 @@ async def fails_at_commit(table: str, session: DBSession) -> dict[str, str]:
 
 @pytest.fixture
 async def sqlite_client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings())
+    app = create_app(make_settings(), include_examples=True)
     app.include_router(probe_router)
     async for client in client_for(app):
         yield client
@@ -99,7 +99,7 @@ async def test_readiness_is_200_with_every_required_pool_healthy(
 
 
 async def test_readiness_answers_at_once_even_when_a_backend_hangs() -> None:
-    app = create_app(make_settings())
+    app = create_app(make_settings(), include_examples=True)
     hanging = _HangingPool()
     async with LifespanManager(app) as lifespan:
         manager = app.state.resync_manager
@@ -152,7 +152,11 @@ async def test_metrics_is_served_at_exactly_slash_metrics_and_parses(
     }
     assert set(count) == {"idle", "used"}
     leases = families["resync_pool_leases"].samples[0]
-    assert leases.labels == {"pool": "database", "backend": "database"}
+    assert leases.labels == {
+        "pool": "database",
+        "backend": "database",
+        "db_client_connection_pool_name": "database",
+    }
     assert leases.value >= 1
     health = {s.labels["state"]: s.value for s in families["resync_pool_health_state"].samples}
     assert health == {"healthy": 1.0, "degraded": 0.0, "down": 0.0}
@@ -161,7 +165,9 @@ async def test_metrics_is_served_at_exactly_slash_metrics_and_parses(
 async def test_pools_endpoint_shows_one_schema_and_no_secret(pg_url: str, redis_url: str) -> None:
     secret_pg = pg_url.replace("postgres@", f"postgres:{SECRET}@")  # trust auth ignores it
     secret_redis = redis_url.replace("redis://", f"redis://default:{SECRET}@")
-    app = create_app(make_settings(DATABASE_URL=secret_pg, REDIS_URL=secret_redis))
+    app = create_app(
+        make_settings(DATABASE_URL=secret_pg, REDIS_URL=secret_redis), include_examples=True
+    )
     async for client in client_for(app):
         response = await client.get("/pools")
         assert response.status_code == 200
@@ -197,7 +203,7 @@ async def test_kv_uses_redis_as_read_through_cache_and_invalidates_on_write(
     pg_url: str, redis_url: str
 ) -> None:
     key = f"cache-{uuid.uuid4().hex[:8]}"
-    app = create_app(make_settings(DATABASE_URL=pg_url, REDIS_URL=redis_url))
+    app = create_app(make_settings(DATABASE_URL=pg_url, REDIS_URL=redis_url), include_examples=True)
     async for client in client_for(app):
         await client.put(f"/api/kv/{key}", json={"value": "v1"})
         assert (await client.get(f"/api/kv/{key}")).json()["source"] == "database"
@@ -230,14 +236,14 @@ async def test_a_pool_that_is_not_configured_answers_503_with_a_clear_error(
 
 
 async def test_redis_dependency_leases_a_client(redis_url: str) -> None:
-    app = create_app(make_settings(REDIS_URL=redis_url))
+    app = create_app(make_settings(REDIS_URL=redis_url), include_examples=True)
     app.include_router(probe_router)
     async for client in client_for(app):
         assert (await client.get("/test/redis")).json() == {"pong": True}
 
 
 async def test_pool_timeout_answers_503_with_retry_after() -> None:
-    app = create_app(make_settings(DB_POOL_CONNECT_TIMEOUT=0.2))
+    app = create_app(make_settings(DB_POOL_CONNECT_TIMEOUT=0.2), include_examples=True)
     app.include_router(probe_router)
     async for client in client_for(app):
         # SQLite memory grants one lease at a time: hold it, the next one times out.
@@ -247,12 +253,18 @@ async def test_pool_timeout_answers_503_with_retry_after() -> None:
         assert response.status_code == 503
         assert response.json()["error"] == "pool_timeout"
         assert response.headers["retry-after"] == "1"
-        assert "Timeout acquiring connection from pool 'database'" in response.json()["detail"]
+        body = response.json()
+        # The body is the contract's fixed sentence; the log has the full story.
+        assert body["detail"] == "pool 'database' is busy: no connection in time"
+        assert body["pool"] == "database" and body["request_id"]
+        assert response.headers["x-request-id"] == body["request_id"]
         assert (await holder).status_code == 200
 
 
 async def test_overloaded_pool_answers_503_at_once() -> None:
-    app = create_app(make_settings(DB_POOL_CONNECT_TIMEOUT=5, DB_POOL_MAX_WAITING=1))
+    app = create_app(
+        make_settings(DB_POOL_CONNECT_TIMEOUT=5, DB_POOL_MAX_WAITING=1), include_examples=True
+    )
     app.include_router(probe_router)
     async for client in client_for(app):
         holder = asyncio.create_task(client.get("/test/hold"))
@@ -267,7 +279,7 @@ async def test_overloaded_pool_answers_503_at_once() -> None:
 
 
 async def test_open_circuit_answers_503_without_calling_the_upstream(upstream: Upstream) -> None:
-    app = create_app(make_settings(TWS_BASE_URL=upstream.url))
+    app = create_app(make_settings(TWS_BASE_URL=upstream.url), include_examples=True)
     app.include_router(probe_router)
     async for client in client_for(app):
         for _ in range(10):
@@ -284,7 +296,7 @@ async def test_open_circuit_answers_503_without_calling_the_upstream(upstream: U
 
 async def test_a_commit_that_fails_is_the_response_not_a_lost_200(pg_url: str) -> None:
     table = f"deferred_{uuid.uuid4().hex[:8]}"
-    app = create_app(make_settings(DATABASE_URL=pg_url))
+    app = create_app(make_settings(DATABASE_URL=pg_url), include_examples=True)
     app.include_router(probe_router)
     async for client in client_for(app):
         pool = app.state.resync_manager.pool("database")

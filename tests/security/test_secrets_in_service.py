@@ -80,7 +80,7 @@ async def test_service_endpoints_while_working_and_while_failing(
         REDIS_REQUIRED=True,
         HTTP_REQUIRED=True,
     )
-    app = create_app(settings)
+    app = create_app(settings, include_examples=True)
     async for client in serve_in_process(app):
         await record_endpoints(exposure, client, "healthy")
         upstream.failing = True
@@ -98,7 +98,7 @@ async def test_service_that_cannot_start(
     urls: dict[str, str], secret: Sentinel, exposure: Exposure
 ) -> None:
     broken = {**urls, "REDIS_URL": f"redis://:{secret.encoded}@127.0.0.1:{free_port()}/0"}
-    app = create_app(make_settings(broken))
+    app = create_app(make_settings(broken), include_examples=True)
     with exposure.expect_error("lifespan start") as caught:
         async with LifespanManager(app):
             pass
