@@ -43,11 +43,24 @@ def _settings() -> Any:
         raise typer.Exit(2) from None
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+# What _configure_logging chose: with "json", the serve notices are log records too.
+_log_format = "text"
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    from resync.logs import configure_logging
+
+    global _log_format
+    _log_format = fmt
+    configure_logging(level, fmt)
+
+
+def _notice(message: str, event: str) -> None:
+    """A line of ``resync serve`` on stderr: rich text, or a JSON log record."""
+    if _log_format == "json":
+        logging.getLogger("resync.cli").info(message, extra={"event": event})
+    else:
+        errors.print(message, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -91,16 +104,18 @@ def serve(
     """
     import uvicorn
 
+    from resync.logs import uvicorn_log_config
+
     settings = _settings()
-    _configure_logging(settings.LOG_LEVEL)
+    _configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     loop = _event_loop(loop)
     bind_host = host or settings.HOST
     workers = workers or settings.WORKERS
     bind_port = settings.PORT if port is None else port
-    errors.print(
+    _notice(
         f"resync {__version__}: serving on http://{bind_host}:{bind_port} "
         f"(workers={workers}, loop={loop}, database={_masked(settings.DATABASE_URL)})",
-        highlight=False,
+        "serve.start",
     )
     # uvicorn drains on SIGTERM, then re-raises the signal for the previous
     # handler. A drained shutdown is a success (Kubernetes sends SIGTERM on
@@ -115,6 +130,7 @@ def serve(
         reload=reload,
         loop=loop,
         log_level=settings.LOG_LEVEL.lower(),
+        log_config=uvicorn_log_config(settings.LOG_LEVEL, settings.LOG_FORMAT),
         timeout_graceful_shutdown=max(1, int(settings.POOL_DRAIN_TIMEOUT)),
         lifespan="on",
     )
@@ -140,7 +156,7 @@ def _event_loop(choice: str) -> str:
 
 
 def _note_sigterm(signum: int, frame: object) -> None:
-    errors.print("resync: stopped by SIGTERM after draining", highlight=False)
+    _notice("resync: stopped by SIGTERM after draining", "serve.sigterm")
 
 
 @app.command()
@@ -153,7 +169,7 @@ def check(
     when a pool cannot even open).
     """
     settings = _settings()
-    _configure_logging("WARNING")
+    _configure_logging("WARNING", "text")
     rows, ok = asyncio.run(_check(settings))
     if as_json:
         console.print_json(json.dumps({"ok": ok, "pools": rows}))
@@ -303,7 +319,7 @@ def bench(
     from resync.core.pools.manager.specs import pool_specs
 
     settings = _settings()
-    _configure_logging("WARNING")
+    _configure_logging("WARNING", "text")
     try:
         levels = [int(part) for part in concurrency.split(",") if part.strip()]
     except ValueError:
