@@ -12,7 +12,10 @@ twice as much per lease. The rules it keeps:
 - errors of the backend are mapped to the pool's error family on the way out,
   chained with ``from``;
 - with ``leak_detection_threshold`` set, a lease held too long is reported
-  (:mod:`resync.core.pools.kernel.leak_watch`); at 0 that costs one test per side.
+  (:mod:`resync.core.pools.kernel.leak_watch`); at 0 that costs one test per side;
+- lease observers (:mod:`resync.core.pools.kernel.observe`) are told about every
+  lease when it ends, granted or not; with none registered that costs one test
+  of a tuple per lease, and the error paths only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from resync.core.pools.kernel import observe
 from resync.core.pools.kernel.admission import CLOSED, GRANTED
 from resync.core.pools.kernel.leak_watch import LeakWatch
 from resync.core.pools.kernel.state import PoolState
@@ -86,6 +90,8 @@ class LeaseHost(Protocol[T]):
     @property
     def name(self) -> str: ...
     @property
+    def backend(self) -> str: ...
+    @property
     def state(self) -> PoolState: ...
     def check_usable(self) -> None: ...
     def _unavailable_error(self) -> BackendUnavailableError: ...
@@ -113,7 +119,7 @@ class Lease(Generic[T]):
     is cancelled. A ``Lease`` object is single-use.
     """
 
-    __slots__ = ("_conn", "_granted_at", "_leak", "_pool", "_state")
+    __slots__ = ("_conn", "_granted_at", "_leak", "_pool", "_started", "_state")
 
     def __init__(self, pool: LeaseHost[T]) -> None:
         self._pool = pool
@@ -135,12 +141,16 @@ class Lease(Generic[T]):
             raise RuntimeError("a Lease can be entered only once; call get_connection() again")
         pool = self._pool
         if pool._state is not _READY or pool._loop is not asyncio.get_running_loop():
-            pool.check_usable()
+            try:
+                pool.check_usable()
+            except BaseException as exc:
+                _refused(pool, perf_counter(), exc)
+                raise
         stats = pool.stats
         breaker = pool.circuit_breaker
         if breaker is not None and not breaker.allow():
             stats.pool_misses += 1
-            raise pool._unavailable_error()
+            raise _refused(pool, perf_counter(), pool._unavailable_error())
         gate = pool._gate
         start = perf_counter()
         timeout = pool.config.connection_timeout
@@ -148,22 +158,23 @@ class Lease(Generic[T]):
             if gate.is_full():
                 stats.pool_misses += 1
                 stats.pool_overloads += 1
-                raise pool._overloaded_error()
+                raise _refused(pool, start, pool._overloaded_error())
             stats.pool_waits += 1
             stats.waiting_connections += 1
             try:
                 outcome = await gate.wait(timeout)
-            except BaseException:
+            except BaseException as exc:
                 stats.pool_misses += 1
+                _refused(pool, start, exc)
                 raise
             finally:
                 stats.waiting_connections -= 1
             if outcome is not GRANTED:
                 stats.pool_misses += 1
                 if outcome is CLOSED:
-                    raise pool._closed_error()
+                    raise _refused(pool, start, pool._closed_error())
                 stats.pool_exhaustions += 1
-                raise pool._timeout_error(perf_counter() - start)
+                raise _refused(pool, start, pool._timeout_error(perf_counter() - start))
         # A slot is held from here on; every exit path below must release it.
         try:
             remaining = timeout - (perf_counter() - start)
@@ -172,11 +183,13 @@ class Lease(Generic[T]):
             gate.release()
             stats.pool_misses += 1
             mapped = pool._on_acquire_error(exc, perf_counter() - start)
+            _refused(pool, start, mapped)
             if mapped is exc:
                 raise
             raise mapped from (None if getattr(mapped, "hides_cause", False) else exc)
         self._conn = conn
         self._state = _HELD
+        self._started = start
         now = self._granted_at = perf_counter()
         waited = now - start
         stats.pool_hits += 1
@@ -195,6 +208,11 @@ class Lease(Generic[T]):
                 raise
         return conn
 
+    def _ended(self, error: BaseException | None, held: float) -> None:
+        pool = self._pool
+        started = self._started
+        observe.notify(pool.name, pool.backend, started, self._granted_at - started, held, error)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -209,21 +227,36 @@ class Lease(Generic[T]):
         del self._conn
         held = perf_counter() - self._granted_at
         try:
-            if pool._has_release_hook:
-                try:
-                    await pool.on_connection_released(conn)
-                except Exception:
-                    logger.exception("pool '%s': on_connection_released failed", pool.name)
-            await pool._release_connection(conn, exc)
-        finally:
-            pool.stats.active_connections -= 1
-            pool.use_histogram.observe(held)
-            if pool.circuit_breaker is not None:
-                pool._record_outcome(exc)
-            pool._gate.release()
-            if self._leak is not None:
-                self._leak.finish(held)
+            try:
+                if pool._has_release_hook:
+                    try:
+                        await pool.on_connection_released(conn)
+                    except Exception:
+                        logger.exception("pool '%s': on_connection_released failed", pool.name)
+                await pool._release_connection(conn, exc)
+            finally:
+                pool.stats.active_connections -= 1
+                pool.use_histogram.observe(held)
+                if pool.circuit_breaker is not None:
+                    pool._record_outcome(exc)
+                pool._gate.release()
+                if self._leak is not None:
+                    self._leak.finish(held)
+        except BaseException as release_error:
+            # The release failed (or was cancelled): that ends the lease too.
+            if observe.observers:
+                self._ended(exc if exc is not None else release_error, held)
+            raise
+        if observe.observers:
+            self._ended(exc, held)
         if exc is not None:
             mapped = pool._map_error(exc)
             if mapped is not exc:
                 raise mapped from (None if getattr(mapped, "hides_cause", False) else exc)
+
+
+def _refused(pool: LeaseHost[T], started: float, error: BaseException) -> BaseException:
+    """Tell the observers about a lease that got no connection; returns ``error``."""
+    if observe.observers:
+        observe.notify(pool.name, pool.backend, started, perf_counter() - started, 0.0, error)
+    return error
