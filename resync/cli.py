@@ -122,7 +122,7 @@ def serve(
     # every rollout), so that handler just lets uvicorn.run return and exit 0.
     signal.signal(signal.SIGTERM, _note_sigterm)
     uvicorn.run(
-        "resync.api.app:create_app",
+        "resync.api.app:serve_app",
         factory=True,
         host=bind_host,
         port=bind_port,
