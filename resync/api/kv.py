@@ -8,8 +8,11 @@ It exists to show the dependencies in use (and the e2e tests drive it):
 - ``GET /api/kv/{key}`` answers from Redis when it can, else reads the
   database and fills the cache for ``CACHE_TTL`` seconds.
 
-Redis is optional: without ``REDIS_URL`` the cache is skipped, and a Redis
-error only costs the cache (logged), never the request.
+Redis is optional: without ``REDIS_URL``, while Redis is down (the
+``OptionalRedis`` dependency gives None) or when a command fails (connection
+refused or reset, timeout, an error reply), the cache is skipped and the
+database answers; a Redis failure only costs the cache (logged), never the
+request.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import redis.exceptions
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, select
@@ -32,6 +36,9 @@ __all__ = ["CACHE_TTL", "create_kv_table", "kv_table", "router"]
 logger = logging.getLogger("resync.api")
 
 CACHE_TTL = 60
+#: What a cache command may raise: resync's mapped errors, redis-py's own
+#: (commands on a leased client raise them directly), and socket errors.
+CACHE_ERRORS = (RedisPoolError, redis.exceptions.RedisError, OSError)
 metadata = MetaData()
 kv_table = Table(
     "resync_kv",
@@ -76,8 +83,8 @@ async def read_value(session: DBSession, cache: OptionalRedis, key: str = KeyPat
     if cache is not None:
         try:
             cached = await cache.get(_cache_key(key))
-        except RedisPoolError as exc:
-            logger.warning("kv cache read failed, using the database: %s", exc)
+        except CACHE_ERRORS as exc:
+            logger.warning("kv cache read failed, using the database: %s", type(exc).__name__)
             cached = None
         if cached is not None:
             text = cached.decode() if isinstance(cached, bytes) else str(cached)
@@ -89,8 +96,8 @@ async def read_value(session: DBSession, cache: OptionalRedis, key: str = KeyPat
     if cache is not None:
         try:
             await cache.set(_cache_key(key), value, ex=CACHE_TTL)
-        except RedisPoolError as exc:
-            logger.warning("kv cache fill failed: %s", exc)
+        except CACHE_ERRORS as exc:
+            logger.warning("kv cache fill failed: %s", type(exc).__name__)
     return Item(key=key, value=value, source="database")
 
 
@@ -114,6 +121,6 @@ async def write_value(
     if cache is not None:
         try:
             await cache.delete(_cache_key(key))
-        except RedisPoolError as exc:
-            logger.warning("kv cache invalidation failed for %r: %s", key, exc)
+        except CACHE_ERRORS as exc:
+            logger.warning("kv cache invalidation failed for %r: %s", key, type(exc).__name__)
     return Item(key=key, value=body.value, source="database")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,10 +18,12 @@ from resync.core.exceptions import (
     ManagerStartError,
     PoolNotFoundError,
     PoolSetupError,
+    RedisPoolNotInitializedError,
     TWSConnectionError,
 )
 from resync.core.pools import pool_manager
 from resync.core.pools.base_pool import ConnectionPoolConfig
+from resync.core.pools.manager.health import HealthState
 from resync.core.pools.pool_manager import (
     ConnectionPoolManager,
     get_connection_pool_manager,
@@ -29,6 +32,7 @@ from resync.core.pools.pool_manager import (
 from resync.settings import Settings
 from resync.testing import InMemoryPool
 from tests.helpers.net import free_port
+from tests.helpers.redis_server import RedisServer
 from tests.helpers.upstream import Upstream
 
 SECRET = "Sentinel-Pw-9911"
@@ -203,7 +207,9 @@ async def test_failing_second_pool_closes_the_first_and_leaves_no_server_connect
 
     monkeypatch.setattr(pool_manager, "build_pools", recording_build)
     dead_redis = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
-    settings = make_settings(DATABASE_URL=pg_url, DB_POOL_MIN_SIZE=3, REDIS_URL=dead_redis)
+    settings = make_settings(
+        DATABASE_URL=pg_url, DB_POOL_MIN_SIZE=3, REDIS_URL=dead_redis, REDIS_REQUIRED=True
+    )
     manager = ConnectionPoolManager(settings)
     with pytest.raises(ManagerStartError) as info:
         await manager.initialize()
@@ -223,11 +229,57 @@ async def test_a_failing_custom_pool_aborts_the_start_too() -> None:
     manager = ConnectionPoolManager(make_settings())
     broken = FlakyPool("broken")
     broken.fail_setup = OSError("refused")
-    await manager.register("broken", broken)
+    await manager.register("broken", broken, required=True)
     with pytest.raises(ManagerStartError, match="pool 'broken'") as info:
         await manager.initialize()
     assert isinstance(info.value.__cause__, PoolSetupError)
     assert not manager._initialized
+
+
+@pytest.mark.redis
+async def test_an_optional_redis_down_at_start_opens_in_the_background(tmp_path: Path) -> None:
+    """REDIS_REQUIRED=false: the start succeeds, Redis is 'down', then opens by itself."""
+    server = RedisServer(tmp_path)  # not started yet: its port refuses
+    manager = ConnectionPoolManager(
+        make_settings(REDIS_URL=server.url(), REDIS_POOL_HEALTH_CHECK_INTERVAL=0.2)
+    )
+    await manager.initialize()
+    try:
+        assert manager.readiness()["ready"] is True  # optional: not blocking
+        health = manager.health["redis"]
+        assert health.state is HealthState.DOWN and health.last_error
+        with pytest.raises(RedisPoolNotInitializedError, match="'redis'"):
+            async with manager.pool("redis").get_connection():
+                pass
+        server.start()
+        deadline = time.monotonic() + 15
+        while manager.health["redis"].state is not HealthState.HEALTHY:
+            assert time.monotonic() < deadline, manager.health["redis"].as_dict()
+            await asyncio.sleep(0.05)
+        async with manager.pool("redis").get_connection() as client:
+            assert await client.ping()
+        assert manager.get_pool_stats()["redis"]["health"]["state"] == "healthy"
+    finally:
+        await manager.close_all()
+        server.stop()
+
+
+async def test_a_required_custom_pool_fails_the_start_an_optional_one_does_not() -> None:
+    manager = ConnectionPoolManager(make_settings())
+    broken = FlakyPool("broken")
+    broken.fail_setup = OSError("refused")
+    await manager.register("broken", broken)  # required=False is the default
+    await manager.initialize()
+    try:
+        assert manager.health["broken"].state is HealthState.DOWN
+        broken.fail_setup = None  # the server "comes back"
+        deadline = time.monotonic() + 10
+        while not broken.is_ready:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await manager.close_all()
+    assert broken.state.value == "closed"  # the background opener did not outlive close_all
 
 
 # --- singleton ---------------------------------------------------------------------

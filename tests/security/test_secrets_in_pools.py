@@ -254,7 +254,11 @@ async def test_manager_start_failure_names_the_pool_not_the_password(
     tarpit: int,
     exposure: Exposure,
 ) -> None:
-    wrong_password = {**urls, "REDIS_URL": redis_url_with(redis_server, secret, "-wrong")}
+    wrong_password = {
+        **urls,
+        "REDIS_URL": redis_url_with(redis_server, secret, "-wrong"),
+        "REDIS_REQUIRED": "true",
+    }
     no_database = {
         **urls,
         "DATABASE_URL": unreachable(secret, tarpit)["refused"]["database"],

@@ -97,12 +97,19 @@ async def test_service_endpoints_while_working_and_while_failing(
 async def test_service_that_cannot_start(
     urls: dict[str, str], secret: Sentinel, exposure: Exposure
 ) -> None:
-    broken = {**urls, "REDIS_URL": f"redis://:{secret.encoded}@127.0.0.1:{free_port()}/0"}
+    dead = f"redis://:{secret.encoded}@127.0.0.1:{free_port()}/0"
+    broken = {**urls, "REDIS_URL": dead, "REDIS_REQUIRED": "true"}
     app = create_app(make_settings(broken), include_examples=True)
     with exposure.expect_error("lifespan start") as caught:
         async with LifespanManager(app):
             pass
     assert isinstance(caught[0], ResyncError)
+    # Optional: the service starts, and what it says about the dead pool is clean too.
+    app = create_app(make_settings({**urls, "REDIS_URL": dead}), include_examples=True)
+    async for client in serve_in_process(app):
+        await record_endpoints(exposure, client, "optional redis down")
+        pools = (await client.get("/pools")).json()["pools"]
+        assert pools["redis"]["health"]["state"] == "down"
     exposure.assert_clean()
 
 

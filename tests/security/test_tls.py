@@ -229,7 +229,9 @@ async def test_rediss_url_with_our_ca_from_settings(
     assert await redis_answers({"REDIS_URL": url, "REDIS_SSL_CA_CERTS": str(ours.cert)})
     other: CertificateAuthority = pki["other_ca"]
     with pytest.raises(ManagerStartError, match="pool 'redis'"):
-        await redis_answers({"REDIS_URL": url, "REDIS_SSL_CA_CERTS": str(other.cert)})
+        await redis_answers(
+            {"REDIS_URL": url, "REDIS_SSL_CA_CERTS": str(other.cert), "REDIS_REQUIRED": True}
+        )
     # Not checking the certificate at all is possible, and explicit.
     assert await redis_answers({"REDIS_URL": url, "REDIS_SSL_CERT_REQS": "none"})
 
@@ -259,7 +261,9 @@ async def test_http_verify_with_our_ca_true_and_false(
     assert url.startswith("https://")
     assert await upstream_answers({"TWS_BASE_URL": url, "HTTP_VERIFY": str(pki["ca"].cert)}) == 200
     with pytest.raises(ManagerStartError, match="pool 'tws_http'") as caught:
-        await upstream_answers({"TWS_BASE_URL": url, "HTTP_VERIFY": "true"})  # system CAs
+        await upstream_answers(  # system CAs
+            {"TWS_BASE_URL": url, "HTTP_VERIFY": "true", "HTTP_REQUIRED": True}
+        )
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
     caplog.set_level(logging.WARNING, logger="resync.manager")
     assert await upstream_answers({"TWS_BASE_URL": url, "HTTP_VERIFY": "false"}) == 200

@@ -113,9 +113,14 @@ class ConnectionPoolManager:
         """Build and open every enabled pool, concurrently and all-or-nothing.
 
         Idempotent; concurrent callers share one start. Each pool's open is
-        bounded by its own timeouts. On failure every pool opened is closed
-        again and ``ManagerStartError`` names the failing pool(s) and causes
-        (passwords hidden). Raises ``ManagerError`` after ``close_all()``.
+        bounded by its own timeouts. If a *required* pool fails, every pool
+        opened is closed again and ``ManagerStartError`` names the failing
+        pool(s) and causes (passwords hidden). An *optional* pool that fails
+        (``REDIS_REQUIRED=false``, ``HTTP_REQUIRED=false``, ``register(...,
+        required=False)``) does not stop the start: it is listed with state
+        ``down`` and opened in the background with backoff; its leases raise
+        the pool's "not initialized" error (503 ``pool_not_ready``) until then.
+        Raises ``ManagerError`` after ``close_all()``.
         """
         if self._shutdown:
             raise ManagerError(
@@ -152,7 +157,14 @@ class ConnectionPoolManager:
         failures = {
             name: result for name, result in zip(names, results, strict=True) if result is not None
         }
-        if failures:
+        # An optional pool that failed with an ordinary error does not stop the
+        # start: it is adopted "down" and opened in the background (health.py).
+        late = {
+            name: exc
+            for name, exc in failures.items()
+            if not pools[name][1] and isinstance(exc, Exception)
+        }
+        if len(late) < len(failures):
             await asyncio.gather(
                 *(pool.close(drain_timeout=0) for pool, _ in pools.values()),
                 return_exceptions=True,
@@ -171,7 +183,14 @@ class ConnectionPoolManager:
         self._loop = asyncio.get_running_loop()
         now = datetime.now(UTC)
         for name, (pool, required) in pools.items():
-            self._adopt(name, pool, required, now)
+            self._adopt(name, pool, required, now, late.get(name))
+        for name, exc in late.items():
+            logger.warning(
+                "optional pool '%s' could not open (%s); the service starts without it "
+                "and keeps opening it in the background",
+                name,
+                _describe(exc, pools[name][0]),
+            )
         self._initialized = True
         self.started_at = now
         logger.info("pool manager ready with %d pools: %s", len(self.pools), ", ".join(self.pools))
@@ -181,13 +200,23 @@ class ConnectionPoolManager:
             )
             self.budget = await check_budget(list(self.pools.values()), processes)
 
-    def _adopt(self, name: str, pool: ConnectionPool[Any], required: bool, now: datetime) -> None:
+    def _adopt(
+        self,
+        name: str,
+        pool: ConnectionPool[Any],
+        required: bool,
+        now: datetime,
+        open_error: Exception | None = None,
+    ) -> None:
         self.pools[name] = pool
         health = PoolHealth(name, required, last_check=now)
         self.health[name] = health
         monitor = HealthMonitor(pool, health)
         self._monitors[name] = monitor
-        monitor.start()
+        if open_error is None:
+            monitor.start()
+        else:
+            monitor.start_opening(_describe(open_error, pool))
 
     async def register(
         self, name: str, pool: ConnectionPool[Any], *, required: bool = False

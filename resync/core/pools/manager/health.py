@@ -10,7 +10,11 @@ backend delays only its own task. The state moves:
 - ``degraded``: the last check failed, fewer than ``down_after`` in a row;
 - ``down``: ``down_after`` checks in a row failed (or the circuit is open).
 
-A change of state is logged once, not every tick. A failed check also counts
+An optional pool that could not open at start begins ``down`` and its task
+first keeps opening it (:meth:`HealthMonitor.start_opening`): exponential
+backoff with full jitter from 0.5 s up to 30 s between attempts, each attempt
+bounded by the pool's own connect timeout, until it opens; then the checks
+above begin. A change of state is logged once, not every tick. A failed check also counts
 as a failure for the pool's circuit breaker, so a dead backend fails fast for
 callers too; a later successful check (the half-open probe) closes it again.
 """
@@ -24,6 +28,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_random_exponential
+
+from resync.core.exceptions import PoolClosedError
 from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pacing import jittered
 from resync.core.pools.kernel.pool import ConnectionPool, HealthResult
@@ -134,6 +141,62 @@ class HealthMonitor:
         interval = self.pool.config.health_check_interval
         if interval > 0 and self.task is None:
             self.task = start_task(self._run(interval), name=f"resync-health-{self.pool.name}")
+
+    #: Backoff between attempts to open a pool that failed to open (seconds).
+    OPEN_BACKOFF_INITIAL = 0.5
+    OPEN_BACKOFF_MAX = 30.0
+
+    def start_opening(self, error: str) -> None:
+        """The pool failed to open with ``error``: mark it down and keep opening it.
+
+        The task retries ``pool.initialize()`` with backoff until it succeeds
+        (then the state turns healthy and the periodic checks start) or the
+        monitor is stopped (``stop()`` cancels it; a half-done attempt closes
+        whatever it opened, the pool's own rule).
+        """
+        health = self.health
+        health.state = HealthState.DOWN
+        health.last_error = error
+        health.consecutive_failures = 1
+        health.changes.append((datetime.now(UTC), HealthState.DOWN.value))
+        if self.task is None:
+            self.task = start_task(self._open(), name=f"resync-open-{self.pool.name}")
+
+    async def _open(self) -> None:
+        pool = self.pool
+
+        def failed(state: Any) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            self.health.consecutive_failures += 1
+            self.health.last_error = pool.scrub(error) if error is not None else None
+            self.health.last_check = datetime.now(UTC)
+            logger.info(
+                "pool '%s' still cannot open (attempt %d): %s",
+                pool.name,
+                state.attempt_number,
+                self.health.last_error,
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop_never,
+            wait=wait_random_exponential(
+                multiplier=self.OPEN_BACKOFF_INITIAL, max=self.OPEN_BACKOFF_MAX
+            ),
+            # A closed pool (shutdown) will never open: stop trying.
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, Exception) and not isinstance(exc, PoolClosedError)
+            ),
+            before_sleep=failed,
+            reraise=True,
+        )
+        # The first attempt already failed at start: wait before the next one.
+        await asyncio.sleep(jittered(self.OPEN_BACKOFF_INITIAL))
+        await retrying(pool.initialize)
+        logger.info("pool '%s' opened in the background", pool.name)
+        await self.check_now()
+        interval = pool.config.health_check_interval
+        if interval > 0:
+            await self._run(interval)
 
     async def _run(self, interval: float) -> None:
         while True:
