@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from resync.core.exceptions import SettingsError
 from resync.core.pools.redis.url import (
@@ -36,6 +37,7 @@ from resync.core.pools.redis.url import (
     parse_redis_target,
 )
 from resync.core.redact import mask_url
+from resync.settings_pools import NamedPool, check_pool_names
 from resync.settings_tls import check_ca_path, parse_verify, tls_problems
 
 __all__ = [
@@ -113,6 +115,14 @@ class Settings(BaseSettings):
     )
     DB_SSL_CERT: FilePath | None = Field(default=None, description="Client certificate (mTLS).")
     DB_SSL_KEY: FilePath | None = Field(default=None, description="Unencrypted key of DB_SSL_CERT.")
+
+    # --- further pools by name (resync.settings_pools) ---
+    POOLS: dict[str, NamedPool] = Field(
+        default_factory=dict,
+        description="Further pools by name, as JSON: "
+        '{"reports": {"url": "postgresql+asyncpg://...", "max_size": 5}}; '
+        "the URL's scheme picks the backend.",
+    )
 
     # --- Redis (on when REDIS_URL is set) ---
     REDIS_URL: str | None = Field(
@@ -195,6 +205,15 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise _settings_error(exc) from None
+        except PydanticSettingsError as exc:
+            # A complex value (POOLS) that is not JSON; pydantic-settings names
+            # the field in its message, never the value.
+            field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "settings"
+            rule = "must be a JSON object (see the README's settings table)"
+            raise SettingsError(
+                f"Invalid resync settings (environment or .env):\n  {field}: {rule}",
+                [(field, rule)],
+            ) from None
 
     # --- validation ---
 
@@ -202,6 +221,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("POOLS")
+    @classmethod
+    def _check_pools(cls, value: dict[str, NamedPool]) -> dict[str, NamedPool]:
+        return check_pool_names(value)
 
     @field_validator("LOG_FORMAT", mode="before")
     @classmethod
@@ -363,11 +387,13 @@ def _settings_error(exc: ValidationError) -> SettingsError:
     """Turn pydantic's error into one line per variable, naming the rule broken."""
     problems: list[tuple[str, str]] = []
     for err in exc.errors(include_input=False, include_url=False):
-        loc = ".".join(str(part) for part in err["loc"]) or "settings"
+        parts = [str(part) for part in err["loc"]]
+        # The variable's name upper-case, keys inside it (POOLS.reports.url) as written.
+        loc = ".".join([parts[0].upper(), *parts[1:]]) if parts else "settings"
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        problems.append((loc.upper() if loc != "settings" else loc, message))
+        problems.append((loc, message))
     lines = [f"  {name}: {rule}" for name, rule in problems]
     text = "Invalid resync settings (environment or .env):\n" + "\n".join(lines)
     return SettingsError(text, problems)

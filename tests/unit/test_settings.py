@@ -183,3 +183,49 @@ def test_log_format_accepts_text_or_json_only(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(SettingsError, match="LOG_FORMAT"):
         Settings()
+
+
+def test_named_pools_are_read_as_json_with_their_url_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resync.core.pools.manager.specs import pool_specs
+
+    monkeypatch.setenv(
+        "POOLS",
+        '{"reports": {"url": "postgresql+asyncpg://ro:' + SECRET + '@replica/app", '
+        '"max_size": 1}, "billing": {"url": "https://billing.internal", "required": true}, '
+        '"sessions": {"url": "redis://127.0.0.1:6379/3"}}',
+    )
+    s = Settings()
+    for text in (repr(s), str(s.model_dump()), s.model_dump_json()):
+        assert SECRET not in text
+    specs = {spec.name: spec for spec in pool_specs(s)}
+    assert [specs[n].backend for n in ("reports", "billing", "sessions")] == [
+        "database",
+        "http",
+        "redis",
+    ]
+    assert specs["reports"].config.max_size == 1 and specs["reports"].config.min_size == 1
+    assert specs["billing"].required is True and specs["sessions"].required is False
+    assert SECRET in specs["reports"].url  # the pool still gets the real URL
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ('{"redis": {"url": "redis://h/0"}}', "with its own settings"),
+        ('{"Bad Name": {"url": "redis://h/0"}}', "must be lower-case"),
+        ('{"x": {"url": "ftp://h"}}', "url must start with"),
+        ('{"x": {"url": "postgresql://h/db"}}', "postgresql+asyncpg"),
+        ('{"x": {"url": "redis://h/0", "max_size": 0}}', "greater than or equal to 1"),
+        ('{"x": {"url": "redis://h/0", "colour": "red"}}', "Extra inputs"),
+        ("not json", "must be a JSON object"),
+    ],
+)
+def test_a_bad_named_pool_names_the_entry_and_the_rule(
+    monkeypatch: pytest.MonkeyPatch, value: str, rule: str
+) -> None:
+    monkeypatch.setenv("POOLS", value)
+    with pytest.raises(SettingsError) as info:
+        Settings()
+    assert "POOLS" in str(info.value) and rule in str(info.value)

@@ -165,6 +165,42 @@ def pool_specs(source: object) -> list[PoolSpec]:
                 },
             )
         )
+    specs.extend(named_pool_specs(source))
+    return specs
+
+
+_PREFIX = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
+
+
+def named_pool_specs(source: object) -> list[PoolSpec]:
+    """The pools of the ``POOLS`` setting (:mod:`resync.settings_pools`), by name."""
+    named = getattr(source, "POOLS", None)
+    if not isinstance(named, dict):
+        return []
+    specs = []
+    for name, entry in named.items():
+        backend = entry.backend
+        defaults = {**_COMMON, **_DEFAULTS[_PREFIX[backend]]}
+        values = {key.lower(): default for key, default in defaults.items()}
+        for key in values:
+            given = getattr(entry, key, None)
+            if given is not None:
+                values[key] = given
+        if entry.min_size is None:  # a small max_size alone must not break the default min
+            values["min_size"] = min(values["min_size"], values["max_size"])
+        config = ConnectionPoolConfig(
+            pool_name=name,
+            min_size=values["min_size"],
+            max_size=values["max_size"],
+            idle_timeout=values["idle_timeout"],
+            connection_timeout=values["connect_timeout"],
+            health_check_interval=values["health_check_interval"],
+            max_lifetime=values["max_lifetime"],
+            max_waiting=values["max_waiting"],
+            leak_detection_threshold=values["leak_detection_threshold"],
+            drain_timeout=read_setting(source, "POOL_DRAIN_TIMEOUT", 20.0),
+        )
+        specs.append(PoolSpec(name, backend, config, entry.url, entry.required, {}))
     return specs
 
 
