@@ -48,6 +48,8 @@ lint: $(DEV_STAMP)
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
+	# The example app is user code: its dependency types must resolve (pool_lease).
+	$(BIN)/mypy --strict examples/fastapi_app
 
 pytest: $(DEV_STAMP) services
 	$(BIN)/pytest $(PYTEST_ARGS)
