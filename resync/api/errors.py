@@ -129,6 +129,8 @@ def _unreachable(exc: BaseException) -> bool:
     return any(isinstance(link, _UNREACHABLE) for link in _chain(exc))
 
 
+_BAD_TEXT = "the request carries text that is not valid Unicode (a lone surrogate?)"
+
 #: How to turn on each pool configured from settings (fixed text, safe to send).
 _SETUP_HINTS = {
     DATABASE_POOL: "set DATABASE_URL",
@@ -143,6 +145,9 @@ def _pool_words(pool: str | None) -> str:
 
 def classify(exc: BaseException, breaker_retry_after: float | None = None) -> ErrorAnswer:
     """The answer for ``exc`` (pure: reads only the exception's class and chain)."""
+    if any(isinstance(link, UnicodeError) for link in _chain(exc)):
+        # A lone surrogate ("\\ud800" in JSON) reached an encoder or a driver.
+        return ErrorAnswer(422, "invalid_text", _BAD_TEXT)
     if not isinstance(exc, ResyncError):
         return ErrorAnswer(500, "internal_error", "internal error; quote the request id")
     where = _pool_words(exc.pool_name)
@@ -221,7 +226,13 @@ def _log(
     if isinstance(exc, ResyncError):
         # resync's messages name the pool and the fix, with URLs masked and
         # database values masked (resync.core.pools.database.errors).
-        level = logging.WARNING if answer.status in (503, 504) else logging.ERROR
+        level = (
+            logging.INFO
+            if answer.status < 500
+            else logging.WARNING
+            if answer.status in (503, 504)
+            else logging.ERROR
+        )
         logger.log(
             level,
             "%s -> %d %s [request_id=%s]: %s",
@@ -282,7 +293,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _bad_text(request: Request, exc: Exception) -> JSONResponse:
     # A JSON string may carry a lone surrogate ("\\ud800"): valid JSON, but
     # no text any database, driver or encoder accepts.
-    answer = ErrorAnswer(422, "invalid_text", "the request carries text that is not valid Unicode")
+    answer = ErrorAnswer(422, "invalid_text", _BAD_TEXT)
     logger.info(
         "%s %s -> 422 invalid_text [request_id=%s]",
         request.method,

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ async def drop_example_table(pg_url: str) -> AsyncIterator[None]:
         await conn.close()
 
 
+@asynccontextmanager
 async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with LifespanManager(app) as running:
         transport = httpx.ASGITransport(app=running.app)
@@ -84,7 +86,7 @@ async def test_the_example_serves_orders_with_its_cache_reports_and_metrics(
 ) -> None:
     with RedisServer(tmp_path) as redis_server:
         app = build_app(settings_for(pg_url, REDIS_URL=redis_server.url()))
-        async for client in client_for(app):
+        async with client_for(app) as client:
             assert app.title == "orders"
             created = await client.post("/orders", json={"item": "tea", "quantity": 2})
             assert created.status_code == 201, created.text
@@ -110,7 +112,7 @@ async def test_redis_down_at_boot_then_back_then_down_again(pg_url: str, tmp_pat
     redis_server = RedisServer(tmp_path)  # not started: its port refuses
     app = build_app(settings_for(pg_url, REDIS_URL=redis_server.url()))
     try:
-        async for client in client_for(app):
+        async with client_for(app) as client:
             # Up and ready without Redis; the optional route reads the database.
             assert (await client.get("/ops/health/ready")).status_code == 200
             assert await pool_state(client, "redis") == "down"
@@ -147,7 +149,7 @@ async def test_postgres_down_answers_503_with_retry_after_and_recovers(pg_url: s
     with FaultProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
         proxied = url.set(host=proxy.host, port=proxy.port).render_as_string(hide_password=False)
         app = build_app(settings_for(proxied, DB_POOL_CONNECT_TIMEOUT=1, POOLS={}))
-        async for client in client_for(app):
+        async with client_for(app) as client:
             order_id = (await client.post("/orders", json={"item": "c", "quantity": 3})).json()[
                 "id"
             ]
@@ -178,7 +180,7 @@ async def test_a_secret_bound_parameter_is_in_no_answer_and_no_log_line(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     app = build_app(settings_for(pg_url, LOG_LEVEL="DEBUG"))
-    async for client in client_for(app):
+    async with client_for(app) as client:
         answer = await client.post(
             "/orders/lookup", json={"ref": SECRET}, headers={"X-Request-ID": "req-42"}
         )
