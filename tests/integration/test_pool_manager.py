@@ -306,6 +306,45 @@ async def test_100_concurrent_callers_get_one_manager_and_one_start(
     assert managers[0]._initialized
 
 
+@pytest.mark.postgres
+@pytest.mark.usefixtures("clean_singleton")
+async def test_a_reset_racing_a_start_closes_every_manager_handed_out(
+    monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    """Issue 15.1: get, yield once, reset, then await the get -- 50 times, interleaved."""
+    settings = make_settings(DATABASE_URL=pg_url, DB_POOL_MIN_SIZE=2)
+    monkeypatch.setattr(pool_manager, "settings", settings)
+    handed_out: list[ConnectionPoolManager] = []
+
+    async def get() -> None:
+        handed_out.append(await get_connection_pool_manager())
+
+    async def one_round() -> None:
+        getting = asyncio.ensure_future(get())
+        await asyncio.sleep(0)
+        await reset_connection_pool_manager()
+        await getting
+
+    await asyncio.gather(*(one_round() for _ in range(50)))
+    await reset_connection_pool_manager()
+    still_open = [m for m in handed_out if m.is_open]
+    assert still_open == [], f"{len(still_open)} of {len(handed_out)} managers left open"
+    names = {m.pools["database"].application_name for m in handed_out}  # type: ignore[attr-defined]
+    for application_name in names:
+        assert await resync_backends(application_name) == 0
+
+
+async def test_close_all_during_the_start_closes_what_the_start_opened() -> None:
+    manager = ConnectionPoolManager(make_settings())
+    starting = asyncio.ensure_future(manager.initialize())
+    await asyncio.sleep(0)
+    await manager.close_all()
+    with pytest.raises(ManagerError, match="shut"):
+        await starting
+    assert not manager.is_open
+    assert all(pool.state.value == "closed" for pool in manager.pools.values())
+
+
 @pytest.mark.usefixtures("clean_singleton")
 async def test_reset_closes_and_forgets_the_singleton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_manager, "settings", make_settings())

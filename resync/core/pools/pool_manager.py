@@ -72,6 +72,7 @@ class ConnectionPoolManager:
         self._initialized = False
         self._shutdown = False
         self._lock: asyncio.Lock | None = None
+        self._starting = False  # inside _start(), under _lock
         self._close_task: asyncio.Task[dict[str, int]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._check_budget_on_start = check_budget_on_start
@@ -135,7 +136,35 @@ class ConnectionPoolManager:
         async with self._lock:
             if self._started():  # another caller finished the start while we waited
                 return
-            await self._start()
+            self._check_not_shut()
+            self._starting = True
+            try:
+                await self._start()
+            finally:
+                self._starting = False
+            if self._shutdown:  # close_all() was called while we were starting
+                await self._abandon_start()
+
+    def _check_not_shut(self) -> None:
+        if self._shutdown:
+            raise ManagerError(
+                "Cannot initialize: the pool manager is shutdown; create a new manager "
+                "(or call reset_connection_pool_manager())"
+            )
+
+    async def _abandon_start(self) -> None:
+        """close_all() came during the start: close everything the start opened."""
+        await asyncio.gather(*(m.stop() for m in self._monitors.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(pool.close(drain_timeout=0) for pool in self.pools.values()),
+            return_exceptions=True,
+        )
+        self._initialized = False
+        logger.info("pool manager start abandoned: close_all() was called during it")
+        raise ManagerError(
+            "the pool manager was shut down while it was starting; every pool it "
+            "opened is closed again (create a new manager to start over)"
+        )
 
     def _started(self) -> bool:
         return self._initialized
@@ -316,6 +345,13 @@ class ConnectionPoolManager:
         leases were still open at the deadline (also logged). Concurrent
         callers share one shutdown; cancelling a caller does not stop it.
         """
+        if self._close_task is None and not self._initialized and self._starting:
+            # A start is in flight: end the manager now, so the start closes
+            # what it opened and raises instead of handing out an open manager.
+            self._shutdown = True
+            if self._lock is not None:
+                async with self._lock:
+                    pass
         if self._close_task is None:
             if not self._initialized:
                 # Nothing is open; as in the seed, this does not end the manager.
@@ -419,13 +455,23 @@ async def get_connection_pool_manager() -> ConnectionPoolManager:
 async def reset_connection_pool_manager(drain_timeout: float | None = None) -> None:
     """Close (draining) and forget the process-wide manager.
 
+    A start in flight (another task inside ``get_connection_pool_manager()``)
+    is waited for, and the manager it returns is the one closed: after any
+    interleaving of gets and resets, the last reset leaves no manager open.
     If it belongs to another event loop that is gone, it is forgotten without
     closing (its loop can no longer run the close) and a warning is logged.
     """
     global _manager_instance
-    instance, _manager_instance = _manager_instance, None
-    if instance is None:
-        return
+    # Under the same lock as the start: a reset that races a start waits for
+    # it, then closes the manager that start handed out (never a stray one).
+    async with _lock_for_this_loop():
+        instance, _manager_instance = _manager_instance, None
+        if instance is None:
+            return
+        await _close_instance(instance, drain_timeout)
+
+
+async def _close_instance(instance: ConnectionPoolManager, drain_timeout: float | None) -> None:
     loop = instance.loop
     if loop is not None and loop is not asyncio.get_running_loop():
         logger.warning("forgetting a pool manager opened on another event loop without closing it")
