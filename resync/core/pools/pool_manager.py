@@ -142,7 +142,7 @@ class ConnectionPoolManager:
                 await self._start()
             finally:
                 self._starting = False
-            if self._shutdown:  # close_all() was called while we were starting
+            if self.is_shutdown:  # close_all() was called while we were starting
                 await self._abandon_start()
 
     def _check_not_shut(self) -> None:
