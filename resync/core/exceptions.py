@@ -31,6 +31,8 @@ The tree::
     │   ├── DatabaseUnavailableError   (+ BackendUnavailableError)
     │   ├── DatabaseSetupError         (+ PoolSetupError)
     │   ├── DatabaseStatementTimeoutError (TimeoutError)  no answer in the command timeout
+    │   ├── DatabaseConnectionLostError (ConnectionError) the connection broke during a lease
+    │   ├── DatabaseInvalidTextError (UnicodeError) a value no driver can encode (lone surrogate)
     │   ├── DatabaseCommitUnknownError           connection lost during COMMIT: outcome unknown
     │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
     │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
@@ -73,6 +75,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseCommitUnknownError",
     "DatabaseError",
+    "DatabaseInvalidTextError",
     "DatabasePoolClosedError",
     "DatabasePoolNotInitializedError",
     "DatabasePoolOverloadedError",
@@ -257,6 +260,16 @@ class DatabaseConnectionLostError(DatabaseError, ConnectionError):
     Nothing was committed (a broken ``COMMIT`` is
     :class:`DatabaseCommitUnknownError`); the connection is discarded. Also a
     builtin :class:`ConnectionError`. Retry once the server answers again.
+    """
+
+
+class DatabaseInvalidTextError(DatabaseError, UnicodeError):
+    """A value could not be sent: text that is not valid Unicode (a lone surrogate).
+
+    Such a string is valid JSON (``"\\ud800"``) and a valid Python ``str``,
+    but no driver can encode it. Nothing was sent for it; the transaction was
+    rolled back. Also a builtin :class:`UnicodeError` (a ``ValueError``): the
+    service answers 422. The value itself is never in the message.
     """
 
 

@@ -356,3 +356,60 @@ async def test_unencoded_at_sign_in_a_password_is_masked_whole(
             exposure.add("manager stats", manager.get_pool_stats())
             server.start()
     exposure.assert_clean(at_least=10)
+
+
+async def test_one_masking_rule_for_a_database_password_with_an_unencoded_at_or_hash(
+    pg_url: str,
+) -> None:
+    """Issue 15.6: repr, url, setup error and its chain hide "Head@Tail" and "pa#ss" whole."""
+    from sqlalchemy.engine import make_url
+
+    from resync.core.pools.base_pool import ConnectionPoolConfig
+    from resync.core.pools.db_pool import DatabaseConnectionPool
+
+    real = make_url(pg_url)
+    for password in ("Zq7Head@Tail9x", "Zq7pa#ss9xyz"):
+        exposure = Exposure(Sentinel(password))
+        with exposure.debug_logs():
+            url = f"postgresql+asyncpg://nobody:{password}@{real.host}:{real.port}/{real.database}"
+            config = ConnectionPoolConfig(pool_name="masked", connection_timeout=2, min_size=1)
+            pool = DatabaseConnectionPool(config, url)
+            record_pool(exposure, pool)
+            exposure.add("pool.url", pool.url)
+            assert pool.url.startswith(f"postgresql+asyncpg://nobody:***@{real.host}:")
+            with exposure.expect_error(f"setup with {password!r}"):
+                await pool.initialize()  # the role does not exist: the server refuses
+            await pool.close()
+        exposure.assert_clean()
+
+
+async def test_an_http_error_chain_carries_no_token_from_the_url_or_headers(
+    upstream: Upstream,
+) -> None:
+    """Issue 15.6: the httpx error's request (URL ?token=, Authorization) is not in the chain."""
+    import traceback
+
+    from resync.core.exceptions import TWSConnectionError
+    from resync.core.pools.base_pool import ConnectionPoolConfig
+    from resync.core.pools.http_pool import HTTPConnectionPool
+
+    token = "Zq7TokenSentinel42"
+    config = ConnectionPoolConfig(pool_name="api", connection_timeout=1, min_size=0)
+    pool = HTTPConnectionPool(
+        config,
+        f"http://127.0.0.1:{upstream.port}/base?token={token}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    async with pool:
+        with pytest.raises(TWSConnectionError) as caught:
+            async with pool.get_connection() as client:
+                response = await client.get("/status/503")
+                response.raise_for_status()
+    seen: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    assert seen == [caught.value], [type(e).__name__ for e in seen]
+    text = "".join(traceback.format_exception(caught.value)) + repr(vars(caught.value))
+    assert token not in text

@@ -25,7 +25,12 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from resync.core.exceptions import DATABASE_ERRORS, DatabaseConnectionLostError, ResyncError
+from resync.core.exceptions import (
+    DATABASE_ERRORS,
+    DatabaseConnectionLostError,
+    DatabaseInvalidTextError,
+    ResyncError,
+)
 from resync.core.pools.database.credentials import CredentialsProvider
 from resync.core.pools.database.engine import create_engine, ping_after
 from resync.core.pools.database.errors import describe_sql_error
@@ -394,8 +399,15 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         if not isinstance(error, SQLAlchemyError):
             return error
         what = describe_sql_error(error)
-        if self._is_backend_failure(error):
-            mapped: ResyncError = DatabaseConnectionLostError(
+        if _carries_bad_text(error):
+            mapped: ResyncError = DatabaseInvalidTextError(
+                f"Database operation failed: a value is text that is not valid Unicode "
+                f"(a lone surrogate?) (pool '{self.name}'); nothing was sent for it and the "
+                "transaction was rolled back; reject such input before it reaches the database",
+                pool_name=self.name,
+            )
+        elif self._is_backend_failure(error):
+            mapped = DatabaseConnectionLostError(
                 f"Database operation failed: the connection to the server broke ({what}) "
                 f"(pool '{self.name}'); nothing was committed, retry when the server answers",
                 pool_name=self.name,
@@ -416,3 +428,15 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
 
     async def _ping(self, connection: AsyncSession) -> None:
         await connection.execute(_SELECT_ONE)
+
+
+def _carries_bad_text(error: BaseException) -> bool:
+    """Is a UnicodeError (a string no driver can encode) behind ``error``?"""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, UnicodeError):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False

@@ -110,6 +110,12 @@ def parse_database_url(database_url: object) -> DatabaseTarget:
             f"cannot parse database_url {shown!r} ({type(exc).__name__}); expected a URL "
             "like postgresql+asyncpg://user@host:5432/dbname or sqlite+aiosqlite:///app.db"
         ) from None
+    if url.host and "@" in url.host and url.password is not None:
+        # An unencoded "@" in the password: SQLAlchemy splits at the first "@",
+        # redis-py, httpx and resync's masking at the last. One rule: the last,
+        # so the password is what the user meant and is masked whole.
+        extra, _, host = url.host.rpartition("@")
+        url = url.set(password=f"{url.password}@{extra}", host=host)
     if url.password:
         found.add(str(url.password))
     backend, _, driver = url.drivername.partition("+")

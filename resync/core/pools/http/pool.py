@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +61,9 @@ from resync.core.resilience import BreakerSpec, RetryPolicy, build_circuit_break
 __all__ = ["HTTPConnectionPool"]
 
 logger = logging.getLogger("resync.pool.http")
+
+#: Request headers whose value is a credential (httpx errors carry the request).
+_SECRET_HEADER = re.compile(r"(?i)auth|cookie|token|secret|key|session|signature")
 
 # Options that configure the transport rather than the client.
 _TRANSPORT_OPTIONS = (
@@ -254,6 +258,27 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
     def _map_error(self, error: BaseException) -> BaseException:
         if isinstance(error, ResyncError) or not isinstance(error, httpx.HTTPError):
             return error
+        mapped = self._mapped_http_error(error)
+        # httpx's error carries the request: its URL (a password, a token in
+        # the query) and its headers (Authorization, API keys, cookies). When
+        # any of those is about, the mapped error -- which says what happened
+        # without them -- is raised with nothing of httpx's in its chain
+        # (kernel lease: hides_cause); otherwise the httpx error is its cause.
+        mapped.hides_cause = self._carries_secrets(error)
+        return mapped
+
+    def _carries_secrets(self, error: httpx.HTTPError) -> bool:
+        if self._secret_values:
+            return True
+        try:
+            request = error.request
+        except RuntimeError:  # httpx raises when the error has no request
+            return False
+        if url_secrets(str(request.url)):
+            return True
+        return any(_SECRET_HEADER.search(name) for name in request.headers)
+
+    def _mapped_http_error(self, error: httpx.HTTPError) -> ResyncError:
         where = self._describe_request(error)
         detail = self.scrub(error)
         name = self.name

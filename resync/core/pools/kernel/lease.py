@@ -26,7 +26,7 @@ import logging
 import sys
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, NoReturn, Protocol, TypeVar
 
 from resync.core.pools.kernel import observe
 from resync.core.pools.kernel.admission import CLOSED, GRANTED
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from resync.core.pools.kernel.stats import ConnectionPoolStats, WaitTimeWindow
     from resync.core.resilience import CircuitBreaker
 
-__all__ = ["Lease", "LeaseHost", "LeaseState"]
+__all__ = ["Lease", "LeaseHost", "LeaseState", "raise_mapped"]
 
 logger = logging.getLogger("resync.pool")
 
@@ -186,7 +186,7 @@ class Lease(Generic[T]):
             _refused(pool, start, mapped)
             if mapped is exc:
                 raise
-            raise mapped from (None if getattr(mapped, "hides_cause", False) else exc)
+            raise_mapped(mapped, exc)
         self._conn = conn
         self._state = _HELD
         self._started = start
@@ -252,7 +252,24 @@ class Lease(Generic[T]):
         if exc is not None:
             mapped = pool._map_error(exc)
             if mapped is not exc:
-                raise mapped from (None if getattr(mapped, "hides_cause", False) else exc)
+                raise_mapped(mapped, exc)
+
+
+def raise_mapped(mapped: BaseException, original: BaseException) -> NoReturn:
+    """Raise the pool's error for ``original``: chained to it, or not at all.
+
+    When the error ``hides_cause`` (the driver's error may quote a bound
+    value, a token in a URL ...), the original is neither its ``__cause__``
+    nor its ``__context__``: an error reporter that walks the chain finds
+    nothing of it.
+    """
+    if not getattr(mapped, "hides_cause", False):
+        raise mapped from original
+    try:
+        raise mapped from None
+    except BaseException as raised:
+        raised.__context__ = None  # a bare ``raise`` below keeps it cleared
+        raise
 
 
 def _refused(pool: LeaseHost[T], started: float, error: BaseException) -> BaseException:

@@ -38,7 +38,7 @@ from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.errors import PoolErrorMessages
 from resync.core.pools.kernel.health import HealthResult, PoolHealthChecks
-from resync.core.pools.kernel.lease import Lease
+from resync.core.pools.kernel.lease import Lease, raise_mapped
 from resync.core.pools.kernel.state import PoolState
 from resync.core.pools.kernel.stats import MAX_WAIT_TIMES, ConnectionPoolStats, WaitTimeWindow
 from resync.core.redact import scrub
@@ -175,10 +175,15 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                 await self._discard_partial_setup()
                 if isinstance(exc, ResyncError) or not isinstance(exc, Exception):
                     raise
-                raise self.errors.setup(
+                error = self.errors.setup(
                     f"Failed to setup pool '{self.name}': {self.scrub(exc)}",
                     pool_name=self.name,
-                ) from exc
+                )
+                # The driver's error may hold the URL (a password, a token in
+                # its query) in its attributes: with secrets about, it is left
+                # out of the chain; the message above says what it said.
+                error.hides_cause = bool(self._secrets())
+                raise_mapped(error, exc)
             if self._current_state() is not PoolState.NEW:  # closed while setting up
                 await self._discard_partial_setup()
                 raise self._closed_error()
