@@ -291,6 +291,11 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             **self._topology.details(),
         }
 
+    @property
+    def display_target(self) -> str | None:
+        """The database URL, password masked."""
+        return self.url
+
     # --- setup and close ---------------------------------------------------------------
 
     async def _setup_pool(self) -> None:

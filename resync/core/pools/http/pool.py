@@ -166,6 +166,11 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
             scrub=self.scrub,
         )
 
+    @property
+    def display_target(self) -> str | None:
+        """The base URL, credentials and query secrets masked."""
+        return mask_url(self.base_url)
+
     # --- lifecycle ------------------------------------------------------------------
 
     def _build_client(self) -> httpx.AsyncClient:

@@ -119,6 +119,11 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         """Lifecycle state: new, ready, closing or closed."""
         return self._state
 
+    @property
+    def display_target(self) -> str | None:
+        """Where the pool connects, secrets masked (None for a pool with no server)."""
+        return None
+
     def _current_state(self) -> PoolState:
         return self._state
 
@@ -175,10 +180,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                 await self._discard_partial_setup()
                 if isinstance(exc, ResyncError) or not isinstance(exc, Exception):
                     raise
-                error = self.errors.setup(
-                    f"Failed to setup pool '{self.name}': {self.scrub(exc)}",
-                    pool_name=self.name,
-                )
+                error = self.errors.setup(self._setup_failure(exc), pool_name=self.name)
                 # The driver's error may hold the URL (a password, a token in
                 # its query) in its attributes: with secrets about, it is left
                 # out of the chain; the message above says what it said.
@@ -434,6 +436,24 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
     def _secrets(self) -> list[str]:
         """Strings that must never be shown (passwords of the backend URL)."""
         return []
+
+    def _setup_failure(self, exc: BaseException) -> str:
+        """ "Failed to setup pool 'x' (target): what happened; what to change"."""
+        target = self.display_target
+        detail = self.scrub(exc).strip()
+        where = f" ({target})" if target and target not in detail else ""
+        timeout = self.config.connection_timeout
+        if not detail or isinstance(exc, TimeoutError):
+            # An exception with an empty str() (asyncio's TimeoutError, a
+            # CancelledError turned timeout): say what it means.
+            what = detail or f"no answer within {timeout:g}s"
+            return (
+                f"Failed to setup pool '{self.name}'{where}: {type(exc).__name__}: {what}. "
+                "The server did not answer in time (down, unreachable, overloaded, or "
+                "not this kind of server): check the host and port, or raise the "
+                "connect timeout"
+            )
+        return f"Failed to setup pool '{self.name}'{where}: {detail}"
 
     def scrub(self, error: object) -> str:
         """``str(error)`` with every secret of this pool (URL passwords, tokens) masked."""

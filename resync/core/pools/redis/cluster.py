@@ -151,6 +151,11 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
             str(client_options[key]) for key in ("password",) if client_options.get(key)
         ]
 
+    @property
+    def display_target(self) -> str | None:
+        """The cluster's seed nodes, password masked."""
+        return self.target.display
+
     # --- lifecycle ----------------------------------------------------------------
 
     async def _setup_pool(self) -> None:

@@ -141,6 +141,11 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             if client_options.get(key)
         ]
 
+    @property
+    def display_target(self) -> str | None:
+        """The Redis URL, password masked."""
+        return mask_url(self.redis_url)
+
     # --- lifecycle ----------------------------------------------------------------
 
     async def _setup_pool(self) -> None:

@@ -102,6 +102,11 @@ class RedisSentinelPool(RedisConnectionPool):
         #: Master switches this pool has seen (and acted on).
         self.failovers_seen = 0
 
+    @property
+    def display_target(self) -> str | None:
+        """The Sentinels and the service name, passwords masked."""
+        return self.target.display
+
     # --- driver ------------------------------------------------------------------
 
     def _build_driver(self, options: dict[str, Any]) -> SentinelConnectionPool:
