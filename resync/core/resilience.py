@@ -18,6 +18,15 @@ While open, ``allow()`` is False: a lease fails at once with the pool family's
 "backend unavailable" error and no traffic reaches the backend. Half-open admits
 at most ``half_open_max_calls`` probes per ``recovery_timeout``; if no probe
 reports back in that time (a caller was cancelled), new probes are admitted.
+A pool's background work (a refill up to ``min_size``) asks
+``allow_background()``: the same answer, without counting a refusal as a
+rejected call, so an open breaker also stops the pool's own reconnects and a
+refill may be the half-open probe.
+
+Every pool has a breaker by default, with its backend's thresholds
+(:data:`BACKEND_BREAKER_DEFAULTS`: a database or Redis server is probed again
+after 1 s, an upstream HTTP API after 30 s); ``resync.settings`` sets them per
+backend (``DB_BREAKER_*``, ``REDIS_BREAKER_*``, ``HTTP_BREAKER_*``).
 
 :class:`RetryPolicy` retries an operation with exponential backoff and full
 jitter (tenacity's ``wait_random_exponential``). It never decides on its own
@@ -31,9 +40,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
 
 from tenacity import (
@@ -47,6 +57,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 __all__ = [
+    "BACKEND_BREAKER_DEFAULTS",
     "BreakerSpec",
     "BreakerState",
     "CircuitBreaker",
@@ -90,6 +101,20 @@ class CircuitBreakerConfig:
             raise ValueError("half_open_max_calls must be >= 1")
         if self.success_threshold < 1:
             raise ValueError("success_threshold must be >= 1")
+
+
+#: The thresholds ``circuit_breaker=True`` (every pool's default) means, per
+#: backend label. A database or Redis server is either down or back: probing
+#: it once a second costs the server one connect per second per pool and gives
+#: callers their server back within a second of it returning. An upstream HTTP
+#: API failing with 5xx is usually overloaded: it gets 30 s to recover.
+BACKEND_BREAKER_DEFAULTS: Mapping[str, CircuitBreakerConfig] = MappingProxyType(
+    {
+        "database": CircuitBreakerConfig(failure_threshold=5, recovery_timeout=1.0),
+        "redis": CircuitBreakerConfig(failure_threshold=5, recovery_timeout=1.0),
+        "http": CircuitBreakerConfig(failure_threshold=5, recovery_timeout=30.0),
+    }
+)
 
 
 class CircuitBreaker:
@@ -142,13 +167,23 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go to the backend now? (O(1), never awaits.)"""
-        state = self.state
-        if state is BreakerState.CLOSED:
+        if self.state is BreakerState.CLOSED:
             return True
+        if self._admit():
+            return True
+        self.rejected_count += 1
+        return False
+
+    def allow_background(self) -> bool:
+        """:meth:`allow` for the pool's own work (a refill): a refusal is not
+        counted as a rejected call. A True answer in half-open is the probe:
+        report its outcome like any call's."""
+        return self.state is BreakerState.CLOSED or self._admit()
+
+    def _admit(self) -> bool:
         now = self._clock()
-        if state is BreakerState.OPEN:
+        if self.state is BreakerState.OPEN:
             if now - self._opened_at < self.config.recovery_timeout:
-                self.rejected_count += 1
                 return False
             self._move(BreakerState.HALF_OPEN)
             self._probe_window_start = now
@@ -161,7 +196,6 @@ class CircuitBreaker:
         if self._probes < self.config.half_open_max_calls:
             self._probes += 1
             return True
-        self.rejected_count += 1
         return False
 
     def retry_after(self) -> float:
@@ -227,17 +261,24 @@ class CircuitBreaker:
         )
 
 
-#: What a pool constructor accepts for its breaker: ``True`` (defaults),
-#: ``False``/``None`` (none), a config, or a ready breaker (shared or tuned).
+#: What a pool constructor accepts for its breaker: ``True`` (the backend's
+#: defaults), ``False``/``None`` (none), a config, or a ready breaker (shared
+#: or tuned).
 BreakerSpec: TypeAlias = "CircuitBreaker | CircuitBreakerConfig | bool | None"
 
 
-def build_circuit_breaker(name: str, spec: BreakerSpec) -> CircuitBreaker | None:
-    """Turn a pool's ``circuit_breaker=`` argument into a breaker (or ``None``)."""
+def build_circuit_breaker(
+    name: str, spec: BreakerSpec, defaults: CircuitBreakerConfig | None = None
+) -> CircuitBreaker | None:
+    """Turn a pool's ``circuit_breaker=`` argument into a breaker (or ``None``).
+
+    ``True`` builds one with ``defaults`` (a backend's entry of
+    :data:`BACKEND_BREAKER_DEFAULTS`; ``None``: :class:`CircuitBreakerConfig`'s).
+    """
     if spec is None or spec is False:
         return None
     if spec is True:
-        return CircuitBreaker(name)
+        return CircuitBreaker(name, defaults)
     if isinstance(spec, CircuitBreakerConfig):
         return CircuitBreaker(name, spec)
     if isinstance(spec, CircuitBreaker):

@@ -35,7 +35,7 @@ from resync.core.exceptions import (
 )
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.redis_pool import RedisConnectionPool
-from resync.core.resilience import CircuitBreakerConfig
+from resync.core.resilience import BACKEND_BREAKER_DEFAULTS, CircuitBreakerConfig
 from tests.helpers.net import free_port
 from tests.helpers.redis_server import RedisServer, make_self_signed_cert
 
@@ -441,10 +441,20 @@ async def test_leases_succeed_within_two_seconds_of_a_restarted_server_being_bac
                 assert await client.get("k") == "after"
 
 
-async def test_circuit_breaker_is_opt_in_and_fails_fast_while_open(
+async def test_circuit_breaker_is_on_by_default_and_fails_fast_while_open(
     throwaway: RedisServer,
 ) -> None:
-    assert RedisConnectionPool(make_config(), throwaway.url()).circuit_breaker is None
+    default = RedisConnectionPool(make_config(), throwaway.url()).circuit_breaker
+    assert default is not None
+    assert default.config == BACKEND_BREAKER_DEFAULTS["redis"]
+    assert (
+        RedisConnectionPool(make_config(), throwaway.url(), circuit_breaker=False).circuit_breaker
+        is None
+    )
+    assert (
+        RedisConnectionPool(make_config(), throwaway.url(), circuit_breaker=None).circuit_breaker
+        is None
+    )
     breaker = CircuitBreakerConfig(failure_threshold=2, recovery_timeout=0.5)
     pool = RedisConnectionPool(
         make_config(min_size=1, connection_timeout=0.5), throwaway.url(), circuit_breaker=breaker

@@ -29,6 +29,7 @@ from resync.core.exceptions import (
     DATABASE_ERRORS,
     DatabaseConnectionLostError,
     DatabaseInvalidTextError,
+    DatabaseStatementTimeoutError,
     ResyncError,
 )
 from resync.core.pools.database.credentials import CredentialsProvider
@@ -40,8 +41,15 @@ from resync.core.pools.database.replicas import ReadLease
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.database.topology import Topology
 from resync.core.pools.database.url import DatabaseTarget, engine_arguments, parse_database_url
+from resync.core.pools.kernel.pacing import ConnectBackoff
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.redact import mask_url, url_secrets
+from resync.core.resilience import (
+    BACKEND_BREAKER_DEFAULTS,
+    BreakerSpec,
+    CircuitBreaker,
+    build_circuit_breaker,
+)
 
 __all__ = ["DatabaseConnectionPool"]
 
@@ -129,6 +137,25 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     ``close()`` drains the leases, then closes every connection and the engine;
     a lease still out after the drain has its connection terminated.
 
+    Circuit breaker (on by default; ``circuit_breaker``: ``True`` for the
+    database defaults of :data:`~resync.core.resilience.BACKEND_BREAKER_DEFAULTS`
+    -- open after 5 failures in a row, probe after 1 s --, a
+    ``CircuitBreakerConfig``, a ``CircuitBreaker``, or ``False``/``None`` for
+    none; replicas get a breaker of their own with the same thresholds).
+    Failures are what says the server is failing: a connect refused, reset or
+    timed out, a login the server turns away, a connection lost under a
+    lease. Bad SQL, a constraint violation or any other error the server
+    answered with is a success; the caller's own timeout, a queue timeout and
+    a cancelled lease are no outcome at all. While open, a lease fails at
+    once with :class:`~resync.core.exceptions.DatabaseUnavailableError`
+    without queuing or connecting, and the pool's own refill up to
+    ``min_size`` stops too; after ``recovery_timeout`` one lease (or one
+    refill) is let through as the probe, and its success closes the breaker.
+    Every refill after a failed one waits 0.5 s, doubling up to 30 s
+    (:class:`~resync.core.pools.kernel.pacing.ConnectBackoff`), breaker or not.
+    ``close()`` refuses leases with the "is shutdown" error whatever the
+    breaker's state.
+
     Beyond one server (:mod:`~resync.core.pools.database.topology`):
     ``pgbouncer="transaction"`` configures asyncpg for PgBouncer's transaction
     pooling; ``replica_urls`` adds read replicas for :meth:`get_read_session`
@@ -155,9 +182,19 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         credentials_provider: CredentialsProvider | None = None,
         replica_urls: str | Sequence[object] | None = None,
         replica_check_interval: float | None = None,
+        circuit_breaker: BreakerSpec = True,
         **engine_options: Any,
     ) -> None:
         super().__init__(config)
+        self.circuit_breaker = build_circuit_breaker(
+            config.pool_name, circuit_breaker, BACKEND_BREAKER_DEFAULTS["database"]
+        )
+        # A replica's breaker is its own: its server fails on its own.
+        replica_breaker: BreakerSpec = (
+            circuit_breaker.config
+            if isinstance(circuit_breaker, CircuitBreaker)
+            else circuit_breaker
+        )
         self._target: DatabaseTarget | None = None
         self._url_problem = ""
         try:
@@ -176,6 +213,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
                 session_options=session_options,
                 pgbouncer=pgbouncer,
                 credentials_provider=credentials_provider,
+                circuit_breaker=replica_breaker,
                 **engine_options,
             )
             child.is_replica = True
@@ -218,6 +256,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             is_ready=self._is_ready,
             ping_after=ping_after(target, ping_idle_after, engine_options),
             scrub=self.scrub,
+            backoff=ConnectBackoff(lambda: self.circuit_breaker),
         )
         self._lease_end = LeaseEnd(
             self.name,
@@ -430,6 +469,17 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         if isinstance(error, DBAPIError):
             return bool(error.connection_invalidated)
         return isinstance(error, OSError | TimeoutError)
+
+    def _is_connect_failure(self, error: BaseException) -> bool:
+        # At checkout every driver error is the server's: it refused the
+        # login (too many clients, a password), lost the connection or never
+        # answered (BEGIN past asyncpg's command_timeout included); no statement
+        # of the caller's has run yet.
+        if isinstance(error, DatabaseStatementTimeoutError):
+            return True
+        if isinstance(error, ResyncError):
+            return False
+        return isinstance(error, DBAPIError) or self._is_backend_failure(error)
 
     async def _ping(self, connection: AsyncSession) -> None:
         await connection.execute(_SELECT_ONE)

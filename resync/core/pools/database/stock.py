@@ -26,6 +26,13 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
   reopens up to ``min_size`` under an admission slot, so ``max_size`` stays a
   hard bound on open connections. It wakes at the kernel's
   :func:`~resync.core.pools.kernel.pacing.maintenance_tick`.
+- **Reconnecting**: the stock's own connects (the refill up to ``min_size``,
+  after a drain or a read-only server too) ask the pool's
+  :class:`~resync.core.pools.kernel.pacing.ConnectBackoff` first: none while
+  the pool's circuit breaker is open (in half-open a refill may be the
+  probe), and after a failed one the next waits 0.5 s, doubling up to 30 s.
+  A lease's connect is the lease's own: the breaker refuses leases while the
+  server is down, so only the half-open probe connects then.
 - **Closing**: gracefully within ``connection_timeout``; if that fails, stalls
   or is cancelled, the socket is aborted synchronously -- a connection is
   never left open.
@@ -52,7 +59,7 @@ from resync.core.pools.database.record import (
 from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.loops import start_task, stop_task
-from resync.core.pools.kernel.pacing import drain_pause, maintenance_tick
+from resync.core.pools.kernel.pacing import ConnectBackoff, drain_pause, maintenance_tick
 
 __all__ = ["ConnectionStock"]
 
@@ -78,6 +85,7 @@ class ConnectionStock:
         is_ready: Callable[[], bool],
         ping_after: float,
         scrub: Callable[[object], str],
+        backoff: ConnectBackoff | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -95,6 +103,8 @@ class ConnectionStock:
         self._keeper: ConnectionRecord | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._scrub = scrub
+        #: Spaces the stock's own connects (and asks the pool's breaker).
+        self.backoff = backoff if backoff is not None else ConnectBackoff()
         #: Opens one connection of the engine; set for a ``credentials_provider``.
         self.opener: Callable[[AsyncEngine], Awaitable[AsyncConnection]] | None = None
 
@@ -231,6 +241,7 @@ class ConnectionStock:
                 self.suspect_since = now
         held = await self.connect(max(deadline - monotonic(), 0.001))
         await self._validate(held, deadline, None)
+        self.backoff.succeeded(background=False)  # the server is back: refills may run
         return held
 
     async def _validate(self, held: ConnectionRecord, deadline: float, now: float | None) -> bool:
@@ -385,7 +396,9 @@ class ConnectionStock:
 
     async def top_up(self) -> None:
         """Reopen connections up to ``min_size``, each under an admission slot
-        (none free: the pool is busy); a failure is logged and ends the round."""
+        (none free: the pool is busy) and only when :attr:`backoff` allows (not
+        while the breaker is open, not before the pause after a failure). A
+        failure is logged, spaces the next attempt and ends the round."""
         gate = self._gate
         wanted = min(self.config.min_size, gate.capacity)
         while self._is_ready() and len(self.idle) + len(self._leased) < wanted:
@@ -394,14 +407,22 @@ class ConnectionStock:
             if not gate.try_acquire():
                 return
             try:
-                self.idle.append(await self.connect(self.config.connection_timeout))
-            except Exception as exc:
-                logger.warning(
-                    "pool '%s': cannot reopen connections up to min_size: %s %s",
-                    self.name,
-                    type(exc).__name__,  # a connect timeout has no message of its own
-                    self._scrub(exc),
-                )
-                return
+                if not self.backoff.may_connect():
+                    return
+                try:
+                    held = await self.connect(self.config.connection_timeout)
+                except Exception as exc:
+                    pause = self.backoff.failed(exc)
+                    logger.warning(
+                        "pool '%s': cannot reopen connections up to min_size: %s %s "
+                        "(next attempt in %.1fs)",
+                        self.name,
+                        type(exc).__name__,  # a connect timeout has no message of its own
+                        self._scrub(exc),
+                        pause,
+                    )
+                    return
+                self.backoff.succeeded()
+                self.idle.append(held)
             finally:
                 gate.release()

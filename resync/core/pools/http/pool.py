@@ -13,8 +13,13 @@ check, warm connections, safe retries and a circuit breaker:
   ``health_path`` (any answer will do; no answer fails the setup);
 - retries and breaker outcomes live in the transport
   (:mod:`resync.core.pools.http.transport`), one outcome per request;
-- the breaker is on by default: while it is open a lease fails at once with
-  :class:`~resync.core.exceptions.HTTPUnavailableError`, sending nothing.
+- the breaker is on by default (the HTTP defaults of
+  :data:`~resync.core.resilience.BACKEND_BREAKER_DEFAULTS`: open after 5
+  failed requests in a row -- a connect error, a timeout, a dropped
+  connection, a 5xx answer --, probe after 30 s): while it is open a lease
+  fails at once with :class:`~resync.core.exceptions.HTTPUnavailableError`,
+  sending nothing; a cancelled request is no outcome, and ``close()``
+  refuses leases with the "is shutdown" error whatever its state.
 
 httpx errors that leave a lease come out in the ``TWSConnectionError`` family:
 connect → ``HTTPConnectError``, any timeout → ``HTTPTimeoutError``, a dropped
@@ -56,7 +61,12 @@ from resync.core.pools.http.live import ConnectionTurnover
 from resync.core.pools.http.transport import HTTPCounters, ResilientTransport
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.redact import mask_url, url_secrets
-from resync.core.resilience import BreakerSpec, RetryPolicy, build_circuit_breaker
+from resync.core.resilience import (
+    BACKEND_BREAKER_DEFAULTS,
+    BreakerSpec,
+    RetryPolicy,
+    build_circuit_breaker,
+)
 
 __all__ = ["HTTPConnectionPool"]
 
@@ -109,7 +119,7 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
     ``ValueError``). ``enable_http2`` needs the ``h2`` package (a clear
     ``PoolConfigError`` if missing). ``health_path``: requested by
     ``health_check()``; healthy when the status is < 500. ``circuit_breaker``:
-    ``True`` (default thresholds), ``False``, a ``CircuitBreakerConfig`` or a
+    ``True`` (the HTTP defaults), ``False``, a ``CircuitBreakerConfig`` or a
     ``CircuitBreaker``. ``retry``: the :class:`RetryPolicy` for safe retries
     (default: 3 attempts, 50 ms initial backoff, at most ``connection_timeout``
     of retrying). ``client_options`` go to ``httpx.AsyncClient`` (headers,
@@ -153,7 +163,9 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
             max_backoff=1.0,
             max_elapsed=config.connection_timeout,
         )
-        self.circuit_breaker = build_circuit_breaker(config.pool_name, circuit_breaker)
+        self.circuit_breaker = build_circuit_breaker(
+            config.pool_name, circuit_breaker, BACKEND_BREAKER_DEFAULTS["http"]
+        )
         self.http_counters = HTTPCounters()
         self._client: httpx.AsyncClient | None = None
         self._transport: ResilientTransport | None = None

@@ -18,6 +18,7 @@ from resync.core.exceptions import (
     PoolNotInitializedError,
     PoolOverloadedError,
     PoolTimeoutError,
+    ResyncError,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class _ErrorHost(Protocol):
     def gate(self) -> AdmissionGate: ...
     def scrub(self, error: object) -> str: ...
     def _is_backend_failure(self, error: BaseException) -> bool: ...
+    def _is_connect_failure(self, error: BaseException) -> bool: ...
     def _map_error(self, error: BaseException) -> BaseException: ...
     def _timeout_error(
         self, waited: float, cause: BaseException | None = None
@@ -54,11 +56,27 @@ class PoolErrorMessages:
     """Factories for the errors the lease path raises, and its failure accounting."""
 
     def _record_outcome(self: _ErrorHost, error: BaseException | None) -> None:
-        """Tell the circuit breaker how a lease ended."""
+        """Tell the circuit breaker how a lease ended (``error``: what ended its body).
+
+        A failure only when the backend failed (``_is_backend_failure``: a lost
+        connection, a reset); no outcome at all for a cancelled lease, the
+        caller's own timeout (a bare ``TimeoutError``, e.g. ``asyncio.timeout``
+        around a statement) or a resync error from elsewhere (another pool's);
+        any other end -- bad SQL, a constraint violation, a WRONGTYPE reply,
+        the caller's own exception -- means the backend answered: a success.
+        """
         breaker = self.circuit_breaker
         if breaker is None or not self.breaker_outcome_per_lease:
             return
-        if error is not None and self._is_backend_failure(error):
+        if error is None:
+            breaker.record_success()
+        elif (
+            not isinstance(error, Exception)
+            or type(error) is TimeoutError
+            or isinstance(error, ResyncError)
+        ):
+            return
+        elif self._is_backend_failure(error):
             breaker.record_failure()
         else:
             breaker.record_success()
@@ -73,7 +91,7 @@ class PoolErrorMessages:
         if (
             self.circuit_breaker is not None
             and self.breaker_outcome_per_lease
-            and self._is_backend_failure(exc)
+            and self._is_connect_failure(exc)
         ):
             self.circuit_breaker.record_failure()
         if isinstance(exc, TimeoutError):

@@ -6,6 +6,9 @@ twice as much per lease. The rules it keeps:
 
 - a slot is taken (at once, or after a strictly FIFO wait) before the backend is
   asked for a connection, so ``max_size`` bounds leases for every backend;
+- the circuit breaker is asked before queuing, and a waiter handed a slot
+  after the breaker opened fails fast too instead of connecting (one test of
+  an attribute, on the waiting path only);
 - whatever interrupts the lease -- timeout, backend error, cancellation at any
   ``await`` -- the slot is released exactly once (``finally``), and the backend
   is told how the lease ended so it can discard a connection in an unknown state;
@@ -32,6 +35,7 @@ from resync.core.pools.kernel import observe
 from resync.core.pools.kernel.admission import CLOSED, GRANTED
 from resync.core.pools.kernel.leak_watch import LeakWatch
 from resync.core.pools.kernel.state import PoolState
+from resync.core.resilience import BreakerState
 
 if TYPE_CHECKING:
     from resync.core.exceptions import (
@@ -63,6 +67,7 @@ class LeaseState(enum.Enum):
 
 _NEW, _HELD, _DONE = LeaseState.NEW, LeaseState.HELD, LeaseState.DONE
 _READY = PoolState.READY
+_OPEN = BreakerState.OPEN
 
 
 class LeaseHost(Protocol[T]):
@@ -175,6 +180,11 @@ class Lease(Generic[T]):
                     raise _refused(pool, start, pool._closed_error())
                 stats.pool_exhaustions += 1
                 raise _refused(pool, start, pool._timeout_error(perf_counter() - start))
+            if breaker is not None and breaker.state is _OPEN:
+                # It opened while we queued: fail fast, as a caller arriving now would.
+                gate.release()
+                stats.pool_misses += 1
+                raise _refused(pool, start, pool._unavailable_error())
         # A slot is held from here on; every exit path below must release it.
         try:
             remaining = timeout - (perf_counter() - start)

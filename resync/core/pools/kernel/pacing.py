@@ -10,7 +10,13 @@ One rule each, in one place:
   :data:`MIN_TICK` and :data:`MAX_TICK`;
 - :func:`jittered` -- a periodic probe (health check, replica probe) sleeps its
   interval +-10% so pools and processes do not probe in step;
-- :func:`drain_interval` / :func:`drain_pause` -- below.
+- :func:`drain_interval` / :func:`drain_pause` -- below;
+- :class:`ConnectBackoff` -- a pool's own reconnects (the refill up to
+  ``min_size``, a drain's reopen) after a failed one wait
+  :data:`CONNECT_BACKOFF_FIRST` seconds, doubling per failure up to
+  :data:`CONNECT_BACKOFF_MAX`, half of each wait at random, so a pool whose
+  server is down does not reconnect every maintenance tick and the pools of
+  a fleet do not reconnect in step.
 
 Drains: replacements are spread, not bunched.
 
@@ -24,14 +30,25 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from resync.core.exceptions import ResyncError
+
+if TYPE_CHECKING:
+    from resync.core.resilience import CircuitBreaker
 
 __all__ = [
+    "CONNECT_BACKOFF_FIRST",
+    "CONNECT_BACKOFF_MAX",
     "LIFETIME_JITTER",
     "MAX_DEFAULT_INTERVAL",
     "MAX_TICK",
     "MIN_TICK",
     "PROBE_JITTER",
     "SECONDS_PER_CONNECTION",
+    "ConnectBackoff",
     "drain_interval",
     "drain_pause",
     "expiry",
@@ -89,3 +106,79 @@ def maintenance_tick(*periods: float) -> float:
 def jittered(interval: float) -> float:
     """``interval`` +-:data:`PROBE_JITTER`, for a probe's sleep between rounds."""
     return interval * random.uniform(1 - PROBE_JITTER, 1 + PROBE_JITTER)
+
+
+#: After a failed background connect, the next waits this long (at least half) ...
+CONNECT_BACKOFF_FIRST = 0.5
+#: ... doubling per failure in a row, up to this (seconds).
+CONNECT_BACKOFF_MAX = 30.0
+
+
+class ConnectBackoff:
+    """When a pool may open a connection of its own accord (refill, drain).
+
+    Two rules, asked by :meth:`may_connect` before each background connect:
+
+    - the pool's circuit breaker (``breaker()``, if any) must admit it
+      (``allow_background``): while open, the pool reconnects no more than a
+      lease may; once half-open, the background connect may be the probe,
+      and :meth:`succeeded` / :meth:`failed` report its outcome;
+    - after ``n`` failed background connects in a row the next waits
+      ``d/2 + uniform(0, d/2)`` seconds, ``d = min(first * 2**(n-1), cap)``:
+      never less than half of ``d``, so no loop reconnects without a pause,
+      and the pools of a fleet do not reconnect in step.
+
+    A success resets the wait. Leases do not ask it: each is bounded by its
+    own timeout and, while the server is down, refused by the breaker. No
+    I/O, no ``await``.
+    """
+
+    __slots__ = ("_breaker", "_cap", "_clock", "_first", "failures", "not_before")
+
+    def __init__(
+        self,
+        breaker: Callable[[], CircuitBreaker | None] = lambda: None,
+        *,
+        first: float = CONNECT_BACKOFF_FIRST,
+        cap: float = CONNECT_BACKOFF_MAX,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self._breaker = breaker
+        self._first = first
+        self._cap = cap
+        self._clock = clock
+        #: Failed background connects in a row.
+        self.failures = 0
+        #: No background connect before this time (the clock's).
+        self.not_before = -math.inf
+
+    def may_connect(self) -> bool:
+        """May the pool try a background connect now? (True in half-open: the probe.)"""
+        if self._clock() < self.not_before:
+            return False
+        breaker = self._breaker()
+        return breaker is None or breaker.allow_background()
+
+    def failed(self, error: BaseException) -> float:
+        """A background connect failed with ``error``: count it (for the breaker
+        too, unless it is one of resync's own errors, a closed pool's); returns
+        the seconds until the next may run."""
+        self.failures += 1
+        window = min(self._first * 2.0 ** min(self.failures - 1, 32), self._cap)
+        delay = window / 2 + random.uniform(0, window / 2)
+        self.not_before = self._clock() + delay
+        breaker = self._breaker()
+        if breaker is not None and not isinstance(error, ResyncError):
+            breaker.record_failure()
+        return delay
+
+    def succeeded(self, *, background: bool = True) -> None:
+        """A connect worked: the next may run at once. ``background``: it was
+        one this object admitted, and the breaker hears of it (a lease's
+        reports its own outcome)."""
+        self.failures = 0
+        self.not_before = -math.inf
+        if background:
+            breaker = self._breaker()
+            if breaker is not None:
+                breaker.record_success()

@@ -433,6 +433,16 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         """
         return isinstance(error, OSError) and not isinstance(error, ResyncError)
 
+    def _is_connect_failure(self, error: BaseException) -> bool:
+        """Does ``error``, raised while checking a connection out (connect,
+        validation), say the backend is failing (feeds the circuit breaker)?
+
+        By default the rule of :meth:`_is_backend_failure`; a backend whose
+        driver reports a refused connect differently (the server turning the
+        login away) widens it. The pool's own errors never count.
+        """
+        return self._is_backend_failure(error)
+
     def _secrets(self) -> list[str]:
         """Strings that must never be shown (passwords of the backend URL)."""
         return []

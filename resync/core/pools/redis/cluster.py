@@ -46,7 +46,7 @@ from resync.core.pools.kernel.stats import ConnectionPoolStats
 from resync.core.pools.redis.errors import CLUSTER_RULES
 from resync.core.pools.redis.url import RedisTarget, parse_redis_target
 from resync.core.redact import mask_url, url_secrets
-from resync.core.resilience import BreakerSpec, build_circuit_breaker
+from resync.core.resilience import BACKEND_BREAKER_DEFAULTS, BreakerSpec, build_circuit_breaker
 
 __all__ = ["RedisClusterPool"]
 
@@ -110,8 +110,13 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
     (``decode_responses``, ``ssl``...); defaults as for
     :class:`~resync.core.pools.redis.pool.RedisConnectionPool`:
     ``decode_responses=True``, connect and socket timeouts of
-    ``connection_timeout``, TCP keepalive. ``circuit_breaker`` is off unless
-    given. A bad URL raises ``PoolConfigError``.
+    ``connection_timeout``, TCP keepalive. A bad URL raises ``PoolConfigError``.
+
+    Circuit breaker: on by default, as for
+    :class:`~resync.core.pools.redis.pool.RedisConnectionPool` (the Redis
+    defaults; ``False``/``None`` for none): while open, a lease fails at once
+    with :class:`~resync.core.exceptions.RedisUnavailableError` and sends
+    nothing; the nodes' connections are redis-py's own, opened per command.
     """
 
     backend = "redis"
@@ -122,7 +127,7 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         config: ConnectionPoolConfig,
         redis_url: str,
         *,
-        circuit_breaker: BreakerSpec = None,
+        circuit_breaker: BreakerSpec = True,
         **client_options: Any,
     ) -> None:
         if not isinstance(redis_url, str) or not redis_url.strip():
@@ -145,7 +150,9 @@ class RedisClusterPool(ConnectionPool[RedisCluster]):
         self.target: RedisTarget = target
         self.redis_url = redis_url.strip()
         self.client_options = client_options
-        self.circuit_breaker = build_circuit_breaker(config.pool_name, circuit_breaker)
+        self.circuit_breaker = build_circuit_breaker(
+            config.pool_name, circuit_breaker, BACKEND_BREAKER_DEFAULTS["redis"]
+        )
         self._client: RedisCluster | None = None
         self._secret_values = url_secrets(redis_url) + [
             str(client_options[key]) for key in ("password",) if client_options.get(key)

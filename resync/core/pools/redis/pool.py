@@ -51,12 +51,13 @@ from redis.exceptions import RedisError
 
 from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
 from resync.core.pools.kernel.loops import start_task, stop_task
+from resync.core.pools.kernel.pacing import ConnectBackoff
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.redis.errors import SERVER_RULES, leaves_state_unknown
 from resync.core.pools.redis.stock import ConnectionStock
 from resync.core.pools.redis.url import STANDALONE_SCHEMES, TOPOLOGY_SCHEMES
 from resync.core.redact import mask_url, url_secrets
-from resync.core.resilience import BreakerSpec, build_circuit_breaker
+from resync.core.resilience import BACKEND_BREAKER_DEFAULTS, BreakerSpec, build_circuit_breaker
 
 __all__ = ["RedisConnectionPool"]
 
@@ -74,8 +75,25 @@ class RedisConnectionPool(ConnectionPool[Redis]):
     Defaults: ``decode_responses=True``, connect and socket timeouts equal to
     ``connection_timeout``, TCP keepalive, and two jittered retries of a
     command that failed on a dead socket (a restarted server costs callers
-    nothing once it is back). ``circuit_breaker`` is off unless given.
-    Raises ``PoolConfigError`` (a ``ValueError``) for an empty or non-Redis URL.
+    nothing once it is back). Raises ``PoolConfigError`` (a ``ValueError``)
+    for an empty or non-Redis URL.
+
+    Circuit breaker (on by default; ``circuit_breaker``: ``True`` for the
+    Redis defaults of :data:`~resync.core.resilience.BACKEND_BREAKER_DEFAULTS`
+    -- open after 5 failures in a row, probe after 1 s --, a
+    ``CircuitBreakerConfig``, a ``CircuitBreaker``, or ``False``/``None`` for
+    none). Failures are connection errors and timeouts of the server or the
+    network (connect refused or reset, a socket timeout, a connection lost
+    under a lease); a ``ResponseError`` (``WRONGTYPE``, a script error) is the
+    server answering, a success; the caller's own timeout, a queue timeout
+    and a cancelled lease are no outcome. While open, a lease fails at once
+    with :class:`~resync.core.exceptions.RedisUnavailableError` without
+    queuing or connecting, and the pool's refill up to ``min_size`` stops
+    too; after ``recovery_timeout`` one lease (or one refill) is the probe.
+    Every refill or drain reopen after a failed one waits 0.5 s, doubling up
+    to 30 s (:class:`~resync.core.pools.kernel.pacing.ConnectBackoff`).
+    ``close()`` refuses leases with the "is shutdown" error whatever the
+    breaker's state.
     """
 
     backend = "redis"
@@ -88,7 +106,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         config: ConnectionPoolConfig,
         redis_url: str,
         *,
-        circuit_breaker: BreakerSpec = None,
+        circuit_breaker: BreakerSpec = True,
         **client_options: Any,
     ) -> None:
         if not isinstance(redis_url, str) or not redis_url.strip():
@@ -123,7 +141,9 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         super().__init__(config)
         self.redis_url = redis_url.strip()
         self.client_options = client_options
-        self.circuit_breaker = build_circuit_breaker(config.pool_name, circuit_breaker)
+        self.circuit_breaker = build_circuit_breaker(
+            config.pool_name, circuit_breaker, BACKEND_BREAKER_DEFAULTS["redis"]
+        )
         self._stock = ConnectionStock(
             self.name,
             config,
@@ -133,6 +153,7 @@ class RedisConnectionPool(ConnectionPool[Redis]):
             closed_error=self._closed_error,
             ping=self.ping,
             scrub=self.scrub,
+            backoff=ConnectBackoff(lambda: self.circuit_breaker),
         )
         self._maintenance: asyncio.Task[None] | None = None
         self._secret_values = url_secrets(redis_url) + [

@@ -78,7 +78,7 @@ class RedisSentinelPool(RedisConnectionPool):
         *,
         sentinel_password: str | None = None,
         watch_interval: float = 5.0,
-        circuit_breaker: BreakerSpec = None,
+        circuit_breaker: BreakerSpec = True,
         **client_options: Any,
     ) -> None:
         super().__init__(config, redis_url, circuit_breaker=circuit_breaker, **client_options)

@@ -17,6 +17,13 @@ keeps the lease hooks and delegates the rest. The rules:
 - **Bounds**: an idle record leaves the idle list before any ``await``, and
   reopening takes an admission slot of the pool's gate, so leases plus
   connections being opened stay within ``max_size`` (no free slot: marked).
+- **Reconnecting**: the stock's own connects (the refill up to ``min_size``,
+  a drain's reopen) ask the pool's
+  :class:`~resync.core.pools.kernel.pacing.ConnectBackoff` first: none while
+  the pool's circuit breaker is open (in half-open a refill may be the
+  probe), and after a failed one the next waits 0.5 s, doubling up to 30 s.
+  A lease's connect is the lease's own (the breaker refuses leases while the
+  server is down).
 
 Every close is counted in ``connection_closures`` and every open in
 ``connection_creations``, here and nowhere else.
@@ -34,7 +41,7 @@ from redis.asyncio import Redis
 
 from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.config import ConnectionPoolConfig
-from resync.core.pools.kernel.pacing import drain_pause, maintenance_tick
+from resync.core.pools.kernel.pacing import ConnectBackoff, drain_pause, maintenance_tick
 from resync.core.pools.kernel.stats import ConnectionPoolStats
 from resync.core.pools.redis.connections import (
     ConnectionRecord,
@@ -70,6 +77,7 @@ class ConnectionStock:
         closed_error: Callable[[], BaseException],
         ping: Callable[[Redis], Awaitable[None]],
         scrub: Callable[[object], str],
+        backoff: ConnectBackoff | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -83,6 +91,8 @@ class ConnectionStock:
         self._closed_error = closed_error
         self._ping = ping
         self._scrub = scrub
+        #: Spaces the stock's own connects (and asks the pool's breaker).
+        self.backoff = backoff if backoff is not None else ConnectBackoff()
         self._idle: list[ConnectionRecord] = []  # open, not leased; the end is the most recent
         self._closed: list[ConnectionRecord] = []  # socket closed; reopened before the next use
         self._records: list[ConnectionRecord] = []  # every record, leased or not
@@ -162,6 +172,7 @@ class ConnectionStock:
                 await self._connect(record, timeout)
             else:
                 record = await self._add(timeout)
+            self.backoff.succeeded(background=False)  # the server is back: refills may run
         record.adapter.active = True
         return record.client
 
@@ -293,8 +304,10 @@ class ConnectionStock:
 
     async def top_up(self) -> None:
         """Reopen connections up to ``min_size``, each under an admission slot
-        (none free: the pool is busy and has its connections anyway). A failed
-        open raises; the record stays closed."""
+        (none free: the pool is busy and has its connections anyway) and only
+        when :attr:`backoff` allows (not while the breaker is open, not before
+        the pause after a failure). A failed open spaces the next and raises;
+        the record stays closed."""
         gate = self._gate
         while self.open_count < self.config.min_size and not self._is_closing():
             # Holding an admission slot while connecting keeps leases plus
@@ -302,11 +315,18 @@ class ConnectionStock:
             if not gate.try_acquire():
                 return
             try:
-                if self._closed:
-                    record = self._closed.pop()
-                    await self._connect(record, self.config.connection_timeout)
-                else:
-                    record = await self._add(self.config.connection_timeout)
+                if not self.backoff.may_connect():
+                    return
+                try:
+                    if self._closed:
+                        record = self._closed.pop()
+                        await self._connect(record, self.config.connection_timeout)
+                    else:
+                        record = await self._add(self.config.connection_timeout)
+                except Exception as exc:
+                    self.backoff.failed(exc)
+                    raise
+                self.backoff.succeeded()
                 self._idle.append(record)
             finally:
                 gate.release()
@@ -355,15 +375,24 @@ class ConnectionStock:
         try:
             self._idle.remove(record)
             await self._close(record)  # now closed: a lease may reopen it first
-            if record in self._closed and not self._is_closing():
+            if (
+                record in self._closed
+                and not self._is_closing()
+                and self.backoff.may_connect()  # else left closed: a lease reopens it
+            ):
                 self._closed.remove(record)
                 try:
                     await self._connect(record, self.config.connection_timeout)
                 except Exception as exc:  # left closed: the next lease reopens it
+                    pause = self.backoff.failed(exc)
                     logger.info(
-                        "pool '%s': reopening during drain: %s", self.name, self._scrub(exc)
+                        "pool '%s': reopening during drain: %s (next reopen in %.1fs)",
+                        self.name,
+                        self._scrub(exc),
+                        pause,
                     )
                 else:
+                    self.backoff.succeeded()
                     self._idle.append(record)
         finally:
             gate.release()
