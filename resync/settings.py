@@ -22,6 +22,7 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -37,6 +38,7 @@ from resync.core.pools.redis.url import (
     parse_redis_target,
 )
 from resync.core.redact import mask_url
+from resync.core.resilience import BACKEND_BREAKER_DEFAULTS
 from resync.settings_pools import NamedPool, check_pool_names
 from resync.settings_tls import check_ca_path, parse_verify, tls_problems
 
@@ -55,6 +57,13 @@ URL_FIELDS = frozenset({"DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL", "T
 #: Prefix of the six pool variables of each backend.
 BACKEND_PREFIXES = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
 
+#: Bounds of the ``*_BREAKER_*`` settings.
+MAX_BREAKER_THRESHOLD = 1000
+MAX_BREAKER_RECOVERY = 3600.0
+_DB_BREAKER = BACKEND_BREAKER_DEFAULTS["database"]
+_REDIS_BREAKER = BACKEND_BREAKER_DEFAULTS["redis"]
+_HTTP_BREAKER = BACKEND_BREAKER_DEFAULTS["http"]
+
 
 DBSSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -66,6 +75,9 @@ class Settings(BaseSettings):
     ``REDIS_`` and ``HTTP_``: ``*_POOL_MIN_SIZE``, ``*_POOL_MAX_SIZE``,
     ``*_POOL_IDLE_TIMEOUT``, ``*_POOL_CONNECT_TIMEOUT``,
     ``*_POOL_HEALTH_CHECK_INTERVAL`` and ``*_POOL_MAX_LIFETIME`` (seconds).
+    So do the three circuit breaker variables, which apply to every pool of
+    the backend (``POOLS`` entries included): ``*_BREAKER_ENABLED``,
+    ``*_BREAKER_FAILURE_THRESHOLD`` and ``*_BREAKER_RECOVERY_TIMEOUT`` (seconds).
     """
 
     model_config = SettingsConfigDict(
@@ -115,6 +127,19 @@ class Settings(BaseSettings):
     )
     DB_SSL_CERT: FilePath | None = Field(default=None, description="Client certificate (mTLS).")
     DB_SSL_KEY: FilePath | None = Field(default=None, description="Unencrypted key of DB_SSL_CERT.")
+    DB_BREAKER_ENABLED: bool = Field(
+        default=True,
+        description="Circuit breaker of the database pools: while the server fails, "
+        "leases fail fast (DatabaseUnavailableError) and reconnects are spaced.",
+    )
+    DB_BREAKER_FAILURE_THRESHOLD: int = Field(
+        default=_DB_BREAKER.failure_threshold,
+        description="Connection failures in a row that open the breaker.",
+    )
+    DB_BREAKER_RECOVERY_TIMEOUT: float = Field(
+        default=_DB_BREAKER.recovery_timeout,
+        description="Seconds the open breaker fails leases fast before one probes the server.",
+    )
 
     # --- further pools by name (resync.settings_pools) ---
     POOLS: dict[str, NamedPool] = Field(
@@ -151,6 +176,11 @@ class Settings(BaseSettings):
     )
     REDIS_SSL_CERTFILE: FilePath | None = Field(default=None, description="Client certificate.")
     REDIS_SSL_KEYFILE: FilePath | None = Field(default=None, description="Key of the certificate.")
+    REDIS_BREAKER_ENABLED: bool = Field(
+        default=True, description="Circuit breaker of the Redis pools (as DB_BREAKER_ENABLED)."
+    )
+    REDIS_BREAKER_FAILURE_THRESHOLD: int = Field(default=_REDIS_BREAKER.failure_threshold)
+    REDIS_BREAKER_RECOVERY_TIMEOUT: float = Field(default=_REDIS_BREAKER.recovery_timeout)
 
     # --- upstream HTTP API (on when TWS_BASE_URL is set) ---
     # "TWS" is the seed's name for the one upstream HTTP API the service calls;
@@ -168,6 +198,11 @@ class Settings(BaseSettings):
     )
     HTTP_ENABLE_HTTP2: bool = Field(default=False, description="Needs the h2 extra.")
     HTTP_REQUIRED: bool = Field(default=False, description="Readiness fails if it is down.")
+    HTTP_BREAKER_ENABLED: bool = Field(
+        default=True, description="Circuit breaker of the HTTP pools (5xx answers count too)."
+    )
+    HTTP_BREAKER_FAILURE_THRESHOLD: int = Field(default=_HTTP_BREAKER.failure_threshold)
+    HTTP_BREAKER_RECOVERY_TIMEOUT: float = Field(default=_HTTP_BREAKER.recovery_timeout)
     HTTP_VERIFY: bool | Path = Field(
         default=True,
         description="Check the upstream's TLS certificate: true (system CAs), false, "
@@ -252,6 +287,35 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(*(f"{p}_BREAKER_ENABLED" for p in BACKEND_PREFIXES.values()), mode="before")
+    @classmethod
+    def _check_breaker_enabled(cls, value: Any) -> Any:
+        words = {"true", "false", "1", "0", "yes", "no", "on", "off"}
+        if isinstance(value, str) and value.strip().lower() not in words:
+            raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator(*(f"{p}_BREAKER_FAILURE_THRESHOLD" for p in BACKEND_PREFIXES.values()))
+    @classmethod
+    def _check_breaker_threshold(cls, value: int, info: ValidationInfo) -> int:
+        if not 1 <= value <= MAX_BREAKER_THRESHOLD:
+            enabled = str(info.field_name).replace("FAILURE_THRESHOLD", "ENABLED")
+            raise ValueError(
+                f"must be between 1 and {MAX_BREAKER_THRESHOLD}: the connection failures in "
+                f"a row that open the circuit breaker (to have none, set {enabled}=false)"
+            )
+        return value
+
+    @field_validator(*(f"{p}_BREAKER_RECOVERY_TIMEOUT" for p in BACKEND_PREFIXES.values()))
+    @classmethod
+    def _check_breaker_recovery(cls, value: float) -> float:
+        if not 0 < value <= MAX_BREAKER_RECOVERY:
+            raise ValueError(
+                f"must be more than 0 and at most {MAX_BREAKER_RECOVERY:g} seconds: how long "
+                "the open circuit breaker fails callers fast before it lets one probe the server"
+            )
+        return value
 
     @field_validator("DB_POOL_PGBOUNCER", mode="before")
     @classmethod

@@ -5,6 +5,10 @@
 - ``redis``: when ``REDIS_URL`` is set and ``REDIS_POOL_MIN_SIZE`` > 0;
 - ``tws_http``: when ``TWS_BASE_URL`` is set.
 
+Every pool gets its backend's circuit breaker settings (``DB_BREAKER_*``,
+``REDIS_BREAKER_*``, ``HTTP_BREAKER_*``; a ``POOLS`` entry those of its
+backend): ``*_BREAKER_ENABLED=false`` builds it without one.
+
 Settings are read through :func:`read_setting`, which falls back to the
 default when a value has the wrong type, so a partial stand-in for
 ``Settings`` (a test double that sets only a few fields) still builds pools.
@@ -19,12 +23,14 @@ from typing import Any
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.manager.tls import database_tls_options, http_tls_options, redis_tls_options
 from resync.core.redact import mask_url
+from resync.core.resilience import BACKEND_BREAKER_DEFAULTS, BreakerSpec, CircuitBreakerConfig
 
 __all__ = [
     "DATABASE_POOL",
     "HTTP_POOL",
     "REDIS_POOL",
     "PoolSpec",
+    "breaker_config",
     "build_pools",
     "pool_specs",
     "read_setting",
@@ -41,6 +47,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "REDIS": {"MIN_SIZE": 1, "MAX_SIZE": 10, "CONNECT_TIMEOUT": 5.0},
     "HTTP": {"MIN_SIZE": 1, "MAX_SIZE": 20, "CONNECT_TIMEOUT": 10.0},
 }
+_PREFIX = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
 _COMMON = {
     "IDLE_TIMEOUT": 300.0,
     "HEALTH_CHECK_INTERVAL": 30.0,
@@ -72,7 +79,12 @@ def _secret_text(value: object) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class PoolSpec:
-    """What to build: a pool name, its backend, config, target URL and options."""
+    """What to build: a pool name, its backend, config, target URL and options.
+
+    ``breaker`` is the pool's ``circuit_breaker`` argument: a config from the
+    backend's ``*_BREAKER_*`` settings, ``False`` when disabled, ``True`` (the
+    backend's defaults) for a spec made by hand.
+    """
 
     name: str
     backend: str
@@ -80,6 +92,7 @@ class PoolSpec:
     url: str
     required: bool
     options: dict[str, Any]
+    breaker: BreakerSpec = True
 
     def __repr__(self) -> str:
         # The URL may carry a password and the options a key or a client
@@ -87,8 +100,27 @@ class PoolSpec:
         return (
             f"PoolSpec(name={self.name!r}, backend={self.backend!r}, "
             f"url={mask_url(self.url)!r}, required={self.required!r}, "
-            f"options={sorted(self.options)!r}, config={self.config!r})"
+            f"options={sorted(self.options)!r}, breaker={self.breaker!r}, "
+            f"config={self.config!r})"
         )
+
+
+def breaker_config(source: object, backend: str) -> CircuitBreakerConfig | bool:
+    """The circuit breaker ``source`` asks for a pool of ``backend``
+    (``database``, ``redis``, ``http``): ``False`` with ``<PREFIX>_BREAKER_ENABLED``
+    off, else a config of its ``FAILURE_THRESHOLD`` and ``RECOVERY_TIMEOUT``."""
+    prefix = _PREFIX[backend]
+    if not read_setting(source, f"{prefix}_BREAKER_ENABLED", True):
+        return False
+    defaults = BACKEND_BREAKER_DEFAULTS[backend]
+    return CircuitBreakerConfig(
+        failure_threshold=read_setting(
+            source, f"{prefix}_BREAKER_FAILURE_THRESHOLD", defaults.failure_threshold
+        ),
+        recovery_timeout=read_setting(
+            source, f"{prefix}_BREAKER_RECOVERY_TIMEOUT", defaults.recovery_timeout
+        ),
+    )
 
 
 def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:
@@ -133,6 +165,7 @@ def pool_specs(source: object) -> list[PoolSpec]:
             _secret_text(getattr(source, "DATABASE_URL", None)) or "sqlite+aiosqlite:///:memory:",
             True,
             _database_options(source),
+            breaker_config(source, "database"),
         )
     ]
     redis_url = _secret_text(getattr(source, "REDIS_URL", None))
@@ -145,6 +178,7 @@ def pool_specs(source: object) -> list[PoolSpec]:
                 redis_url,
                 read_setting(source, "REDIS_REQUIRED", False),
                 redis_tls_options(source),
+                breaker_config(source, "redis"),
             )
         )
         sentinel_password = _secret_text(getattr(source, "REDIS_SENTINEL_PASSWORD", None))
@@ -163,13 +197,11 @@ def pool_specs(source: object) -> list[PoolSpec]:
                     "enable_http2": read_setting(source, "HTTP_ENABLE_HTTP2", False),
                     **http_tls_options(source, HTTP_POOL),
                 },
+                breaker_config(source, "http"),
             )
         )
     specs.extend(named_pool_specs(source))
     return specs
-
-
-_PREFIX = {"database": "DB", "redis": "REDIS", "http": "HTTP"}
 
 
 def named_pool_specs(source: object) -> list[PoolSpec]:
@@ -200,7 +232,17 @@ def named_pool_specs(source: object) -> list[PoolSpec]:
             leak_detection_threshold=values["leak_detection_threshold"],
             drain_timeout=read_setting(source, "POOL_DRAIN_TIMEOUT", 20.0),
         )
-        specs.append(PoolSpec(name, backend, config, entry.url, entry.required, {}))
+        specs.append(
+            PoolSpec(
+                name,
+                backend,
+                config,
+                entry.url,
+                entry.required,
+                {},
+                breaker_config(source, backend),
+            )
+        )
     return specs
 
 
@@ -209,16 +251,22 @@ def build_pool(spec: PoolSpec) -> ConnectionPool[Any]:
     if spec.backend == "database":
         from resync.core.pools.database.pool import DatabaseConnectionPool
 
-        return DatabaseConnectionPool(spec.config, spec.url, **spec.options)
+        return DatabaseConnectionPool(
+            spec.config, spec.url, circuit_breaker=spec.breaker, **spec.options
+        )
     if spec.backend == "redis":
         from resync.core.pools.redis.factory import create_redis_pool
 
         # One server, Sentinel or Cluster: the URL's scheme picks the class.
-        return create_redis_pool(spec.config, spec.url, **spec.options)
+        return create_redis_pool(
+            spec.config, spec.url, circuit_breaker=spec.breaker, **spec.options
+        )
     if spec.backend == "http":
         from resync.core.pools.http.pool import HTTPConnectionPool
 
-        return HTTPConnectionPool(spec.config, spec.url, **spec.options)
+        return HTTPConnectionPool(
+            spec.config, spec.url, circuit_breaker=spec.breaker, **spec.options
+        )
     raise ValueError(f"unknown backend {spec.backend!r}")
 
 
