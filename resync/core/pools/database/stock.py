@@ -102,6 +102,8 @@ class ConnectionStock:
         #: SQLite ``:memory:``: one connection never leased keeps the database alive.
         self._keeper: ConnectionRecord | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        #: Checks still running after their caller's deadline (see _validate).
+        self._late: dict[asyncio.Task[None], ConnectionRecord] = {}
         self._scrub = scrub
         #: Spaces the stock's own connects (and asks the pool's breaker).
         self.backoff = backoff if backoff is not None else ConnectBackoff()
@@ -174,6 +176,10 @@ class ConnectionStock:
         gracefully, then the keeper, then dispose of the engine. Each close is
         bounded by ``connection_timeout`` (then terminated); cancelled, every
         close in flight terminates its connection and the cancellation propagates."""
+        late = list(self._late)
+        for task in late:  # checks whose callers gave up: end them (they terminate)
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         for held in self._leased.values():  # still out after the drain: cut off
             self.terminate(held)
         self._leased.clear()
@@ -262,16 +268,52 @@ class ConnectionStock:
             check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, ping_connection)
         else:
             check = begin
+        attempt = asyncio.ensure_future(check())
         try:
             async with asyncio.timeout(max(deadline - monotonic(), 0.001)):
-                await check()
+                await asyncio.shield(attempt)
         except BaseException as exc:
+            if not attempt.done():
+                # The caller ran out of time (or was cancelled) with the check in
+                # flight: the caller's deadline, not the connection's fault. The
+                # check finishes in the background; a healthy connection is kept.
+                self._finish_late(held, attempt)
+                raise
             self.terminate(held)
             if now is None or not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
                 raise
             logger.info("pool '%s': dropped a dead connection: %s", self.name, self._scrub(exc))
             return False
         return True
+
+    def _finish_late(self, held: ConnectionRecord, attempt: asyncio.Future[object]) -> None:
+        task = asyncio.ensure_future(self._late_check(held, attempt))
+        self._late[task] = held
+        task.add_done_callback(lambda done: self._late.pop(done, None))
+
+    async def _late_check(self, held: ConnectionRecord, attempt: asyncio.Future[object]) -> None:
+        """Wait (at most ``connection_timeout``) for a check its caller gave up on.
+
+        Passed: the transaction it began is rolled back and the connection goes
+        back to the idle stock (unless the pool is full or closing). Failed,
+        timed out or cancelled (``close_all``): the connection is terminated.
+        """
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                await attempt
+            ok = await held.conn.run_sync(lambda _sync: held.reset(rollback=True))
+        except BaseException as exc:
+            attempt.cancel()
+            self.terminate(held)
+            if not isinstance(exc, Exception):
+                raise
+            logger.debug("pool '%s': a late check failed: %s", self.name, self._scrub(exc))
+            return
+        full = len(self.idle) + len(self._leased) >= self.config.max_size
+        if ok and self._is_ready() and not full:
+            self.check_in(held, reusable=True)
+        else:
+            await self.close_gracefully(held)
 
     def check_in(self, held: ConnectionRecord, reusable: bool) -> None:
         """Take ``held`` back after a lease: keep it idle, or close it if it is

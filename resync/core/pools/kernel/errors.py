@@ -87,6 +87,18 @@ class PoolErrorMessages:
             return exc
         if isinstance(exc, PoolError):
             return exc
+        if isinstance(exc, TimeoutError):
+            # The lease ran out of time while connecting or validating: a lease
+            # timeout like any other (pool_exhaustions, the timeouts metric),
+            # not a connection error -- the connection may be fine.
+            self.stats.pool_exhaustions += 1
+            if (
+                self.circuit_breaker is not None
+                and self.breaker_outcome_per_lease
+                and self._is_backend_failure(exc)
+            ):
+                self.circuit_breaker.record_failure()
+            return self._timeout_error(elapsed, cause=exc)
         self.stats.connection_errors += 1
         if (
             self.circuit_breaker is not None
