@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     DB_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
     )
+    DB_POOL_STATEMENT_TIMEOUT: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="Seconds a statement may wait for the server (asyncpg command_timeout); "
+        "then DatabaseStatementTimeoutError (504). 0 = no limit.",
+    )
     DB_POOL_PGBOUNCER: Literal["off", "session", "transaction"] = Field(
         default="off",
         description="PgBouncer pool_mode in front of DATABASE_URL; 'transaction' turns "

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resync.core.exceptions import (
     DATABASE_ERRORS,
+    DatabaseCommitUnknownError,
     DatabaseConnectionLostError,
     DatabaseInvalidTextError,
     DatabaseStatementTimeoutError,
@@ -51,11 +52,15 @@ from resync.core.resilience import (
     build_circuit_breaker,
 )
 
-__all__ = ["DatabaseConnectionPool"]
+__all__ = ["DEFAULT_STATEMENT_TIMEOUT", "DatabaseConnectionPool"]
 
 logger = logging.getLogger("resync.pool")
 
 _SELECT_ONE = text("SELECT 1")
+
+
+#: Seconds a statement may wait for the server (asyncpg ``command_timeout``).
+DEFAULT_STATEMENT_TIMEOUT = 30.0
 
 
 class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
@@ -74,8 +79,10 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     reference cannot reuse it.
 
     Statements: a server or network that stops answering holds a statement
-    (``COMMIT`` included) as long as the driver waits -- set asyncpg's
-    ``command_timeout`` in ``connect_args`` to bound it; it then raises
+    (``COMMIT`` included) as long as the driver waits: ``statement_timeout``
+    (default :data:`DEFAULT_STATEMENT_TIMEOUT` = 30 s; ``None`` or 0: no
+    limit; ``DB_POOL_STATEMENT_TIMEOUT`` in settings) becomes asyncpg's
+    ``command_timeout`` unless ``connect_args`` set one; a statement then raises
     :class:`~resync.core.exceptions.DatabaseStatementTimeoutError` (also a
     ``TimeoutError``) and the connection is aborted at once, not closed
     politely into the silence. The ``ROLLBACK`` the pool sends itself is
@@ -183,6 +190,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         replica_urls: str | Sequence[object] | None = None,
         replica_check_interval: float | None = None,
         circuit_breaker: BreakerSpec = True,
+        statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT,
         **engine_options: Any,
     ) -> None:
         super().__init__(config)
@@ -236,7 +244,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         self._engine_kwargs: dict[str, Any] = {}
         if target is not None:
             self._engine_kwargs = engine_arguments(
-                target, config, engine_options, self.application_name
+                target, config, engine_options, self.application_name, statement_timeout
             )
             server = self._engine_kwargs.get("connect_args", {}).get("server_settings", {})
             self.application_name = server.get("application_name", self.application_name)
@@ -469,6 +477,13 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         if isinstance(error, DBAPIError):
             return bool(error.connection_invalidated)
         return isinstance(error, OSError | TimeoutError)
+
+    def _is_release_failure(self, error: BaseException) -> bool:
+        # The lease's COMMIT or ROLLBACK found the connection broken.
+        return (
+            isinstance(error, DatabaseConnectionLostError | DatabaseCommitUnknownError)
+            and error.pool_name == self.name
+        )
 
     def _is_connect_failure(self, error: BaseException) -> bool:
         # At checkout every driver error is the server's: it refused the

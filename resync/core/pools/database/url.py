@@ -159,8 +159,12 @@ def engine_arguments(
     config: ConnectionPoolConfig,
     engine_options: Mapping[str, Any],
     application_name: str,
+    statement_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``create_async_engine`` (without the pool class).
+
+    ``statement_timeout`` (seconds; None or 0: none) becomes asyncpg's
+    ``command_timeout`` unless ``connect_args`` set it.
 
     Raises :class:`PoolConfigError` for an option resync owns. The user's
     ``connect_args`` win over the defaults added here.
@@ -178,6 +182,8 @@ def engine_arguments(
     if target.driver == "asyncpg":
         # asyncpg's own connect timeout defaults to 60 s; bound it by the pool's.
         connect_args.setdefault("timeout", config.connection_timeout)
+        if statement_timeout:
+            connect_args.setdefault("command_timeout", statement_timeout)
         server_settings = dict(connect_args.get("server_settings") or {})
         server_settings.setdefault("application_name", application_name)
         connect_args["server_settings"] = server_settings

@@ -144,7 +144,9 @@ def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:
 
 def _database_options(source: object) -> dict[str, Any]:
     """PgBouncer mode and read replicas of the database pool, when set."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "statement_timeout": read_setting(source, "DB_POOL_STATEMENT_TIMEOUT", 30.0) or None
+    }
     pgbouncer = read_setting(source, "DB_POOL_PGBOUNCER", "off")
     if pgbouncer != "off":
         options["pgbouncer"] = pgbouncer
