@@ -70,11 +70,10 @@ async def test_a_request_mid_query_on_a_black_holed_network_gets_504_within_the_
 async def test_the_default_is_finite_and_every_socket_has_keepalive(pg_url: str) -> None:
     assert 0 < DEFAULT_STATEMENT_TIMEOUT < 3600
     config = ConnectionPoolConfig(pool_name="keepalive", min_size=1, max_size=2)
-    async with DatabaseConnectionPool(config, pg_url) as pool:
-        async with pool.get_connection() as session:
-            raw = await (await session.connection()).get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            sock = driver._transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert driver._config.command_timeout == DEFAULT_STATEMENT_TIMEOUT
+    async with DatabaseConnectionPool(config, pg_url) as pool, pool.get_connection() as session:
+        raw = await (await session.connection()).get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        sock = driver._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert driver._config.command_timeout == DEFAULT_STATEMENT_TIMEOUT
