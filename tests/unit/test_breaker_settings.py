@@ -271,3 +271,19 @@ def test_connect_backoff_asks_the_breaker_and_reports_to_it() -> None:
 
     backoff.failed(RedisPoolClosedError("closed", pool_name="p"))
     assert breaker.total_failures == 2
+
+
+def test_a_commit_on_a_broken_connection_counts_a_failed_commit_does_not() -> None:
+    from resync.core.exceptions import DatabaseCommitUnknownError, DatabaseError
+
+    pool = DatabaseConnectionPool(config("db"), "sqlite:///:memory:")
+    breaker = pool.circuit_breaker
+    assert breaker is not None
+    pool._record_outcome(None, DatabaseError("commit failed and was rolled back", pool_name="db"))
+    pool._record_outcome(None, asyncio.CancelledError())
+    assert breaker.total_failures == 0
+    pool._record_outcome(None, DatabaseCommitUnknownError("lost during COMMIT", pool_name="db"))
+    assert breaker.total_failures == 1
+    # Another pool's error, surfacing from this lease's release, is not this server's.
+    pool._record_outcome(None, DatabaseCommitUnknownError("lost", pool_name="other"))
+    assert breaker.total_failures == 1

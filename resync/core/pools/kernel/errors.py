@@ -46,6 +46,7 @@ class _ErrorHost(Protocol):
     def scrub(self, error: object) -> str: ...
     def _is_backend_failure(self, error: BaseException) -> bool: ...
     def _is_connect_failure(self, error: BaseException) -> bool: ...
+    def _is_release_failure(self, error: BaseException) -> bool: ...
     def _map_error(self, error: BaseException) -> BaseException: ...
     def _timeout_error(
         self, waited: float, cause: BaseException | None = None
@@ -55,8 +56,11 @@ class _ErrorHost(Protocol):
 class PoolErrorMessages:
     """Factories for the errors the lease path raises, and its failure accounting."""
 
-    def _record_outcome(self: _ErrorHost, error: BaseException | None) -> None:
-        """Tell the circuit breaker how a lease ended (``error``: what ended its body).
+    def _record_outcome(
+        self: _ErrorHost, error: BaseException | None, release_error: BaseException | None = None
+    ) -> None:
+        """Tell the circuit breaker how a lease ended (``error``: what ended its
+        body; ``release_error``: what its return raised, e.g. a failed commit).
 
         A failure only when the backend failed (``_is_backend_failure``: a lost
         connection, a reset); no outcome at all for a cancelled lease, the
@@ -68,6 +72,11 @@ class PoolErrorMessages:
         breaker = self.circuit_breaker
         if breaker is None or not self.breaker_outcome_per_lease:
             return
+        if error is None and release_error is not None:
+            if self._is_release_failure(release_error):
+                breaker.record_failure()
+                return
+            error = release_error
         if error is None:
             breaker.record_success()
         elif (

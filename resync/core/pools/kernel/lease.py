@@ -106,7 +106,9 @@ class LeaseHost(Protocol[T]):
         self, waited: float, cause: BaseException | None = None
     ) -> PoolTimeoutError: ...
     def _on_acquire_error(self, exc: BaseException, elapsed: float) -> BaseException: ...
-    def _record_outcome(self, error: BaseException | None) -> None: ...
+    def _record_outcome(
+        self, error: BaseException | None, release_error: BaseException | None = None
+    ) -> None: ...
     def _map_error(self, error: BaseException) -> BaseException: ...
     async def _acquire_connection(self, timeout: float) -> T: ...
     async def _release_connection(self, connection: T, error: BaseException | None) -> None: ...
@@ -236,6 +238,7 @@ class Lease(Generic[T]):
         conn = self._conn
         del self._conn
         held = perf_counter() - self._granted_at
+        failed_release: BaseException | None = None
         try:
             try:
                 if pool._has_release_hook:
@@ -244,11 +247,14 @@ class Lease(Generic[T]):
                     except Exception:
                         logger.exception("pool '%s': on_connection_released failed", pool.name)
                 await pool._release_connection(conn, exc)
+            except BaseException as error:
+                failed_release = error  # e.g. a COMMIT on a connection that broke
+                raise
             finally:
                 pool.stats.active_connections -= 1
                 pool.use_histogram.observe(held)
                 if pool.circuit_breaker is not None:
-                    pool._record_outcome(exc)
+                    pool._record_outcome(exc, failed_release)
                 pool._gate.release()
                 if self._leak is not None:
                     self._leak.finish(held)

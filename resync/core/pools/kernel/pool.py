@@ -443,6 +443,12 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         """
         return self._is_backend_failure(error)
 
+    def _is_release_failure(self, error: BaseException) -> bool:
+        """Does ``error``, raised by ``_release_connection`` (already mapped to
+        the family), say the backend failed (a commit on a broken connection)?
+        False by default: other release errors are classified as a body's."""
+        return False
+
     def _secrets(self) -> list[str]:
         """Strings that must never be shown (passwords of the backend URL)."""
         return []
