@@ -45,23 +45,50 @@ async def open_connection(
     """One new connection of ``engine`` (through ``opener`` if given) within
     ``timeout`` seconds, else ``TimeoutError``.
 
-    The connect runs in its own task, so a timeout or cancellation that lands
-    just as it succeeds cannot drop the connection on the floor: a late result
-    is closed by a callback, and the caller's cancellation propagates.
+    The connect runs in its own task, so a timeout or cancellation of the
+    caller never interrupts it mid-handshake: the caller's error propagates
+    at once, and the abandoned connect finishes on its own (bounded by
+    ``timeout`` + 1 s) and is closed. Cancelling asyncpg inside its handshake
+    would leave futures whose ``ConnectionError`` nobody retrieves -- asyncio
+    logs each as "Future exception was never retrieved" -- and can leak the
+    socket (MagicStack/asyncpg#464).
     """
     connecting = engine.connect() if opener is None else opener(engine)
-    task: asyncio.Future[AsyncConnection] = asyncio.ensure_future(connecting)
+    task: asyncio.Future[AsyncConnection] = asyncio.ensure_future(
+        _bounded(connecting, timeout + 1.0)
+    )
     try:
         async with asyncio.timeout(timeout):
             return await asyncio.shield(task)
     except BaseException:
-        task.cancel()
-        task.add_done_callback(_close_late_connection)
+        _abandon(task)
         raise
 
 
+async def _bounded(connecting: Awaitable[AsyncConnection], limit: float) -> AsyncConnection:
+    # The driver's own connect timeout (set from the pool's) normally ends it
+    # first; this bound holds for an opener that sets none.
+    async with asyncio.timeout(limit):
+        return await connecting
+
+
+#: Connects whose callers gave up; referenced until they end (then closed).
+_abandoned: set[asyncio.Future[AsyncConnection]] = set()
+
+
+def _abandon(task: asyncio.Future[AsyncConnection]) -> None:
+    if task.done():
+        _close_late_connection(task)
+        return
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+    task.add_done_callback(_close_late_connection)
+
+
 def _close_late_connection(task: asyncio.Future[AsyncConnection]) -> None:
-    if not task.cancelled() and task.exception() is None:
+    if task.cancelled():
+        return
+    if task.exception() is None:  # retrieving it keeps asyncio quiet
         drop_connection(task.result())
 
 
