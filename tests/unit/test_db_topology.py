@@ -136,14 +136,14 @@ def test_replica_urls_setting_is_masked_wherever_settings_are_shown() -> None:
     assert SECRET not in str(settings.masked())
     assert settings.masked()["DATABASE_REPLICA_URLS"].count("***") == 2
     options = pool_specs(settings)[0].options
-    assert options == {"pgbouncer": "transaction", "replica_urls": urls}
+    assert options == {"pgbouncer": "transaction", "replica_urls": urls, "statement_timeout": 30.0}
 
 
 def test_defaults_leave_pgbouncer_off_and_no_replicas() -> None:
     settings = Settings()
     assert settings.DB_POOL_PGBOUNCER == "off"
     assert settings.DATABASE_REPLICA_URLS is None
-    assert pool_specs(settings)[0].options == {}
+    assert pool_specs(settings)[0].options == {"statement_timeout": 30.0}
 
 
 @pytest.mark.parametrize(
