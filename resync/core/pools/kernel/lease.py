@@ -157,6 +157,10 @@ class Lease(Generic[T]):
         breaker = pool.circuit_breaker
         if breaker is not None and not breaker.allow():
             stats.pool_misses += 1
+            # Fail fast, but yield once: a caller retrying in a loop during an
+            # outage must not starve the event loop (every other task, health
+            # checks, the server's own requests).
+            await asyncio.sleep(0)
             raise _refused(pool, perf_counter(), pool._unavailable_error())
         gate = pool._gate
         start = perf_counter()
@@ -165,6 +169,7 @@ class Lease(Generic[T]):
             if gate.is_full():
                 stats.pool_misses += 1
                 stats.pool_overloads += 1
+                await asyncio.sleep(0)  # shed at once, but let the loop run (see above)
                 raise _refused(pool, start, pool._overloaded_error())
             stats.pool_waits += 1
             stats.waiting_connections += 1
