@@ -759,3 +759,47 @@ async def test_a_bound_secret_is_in_no_error_traceback_or_log_line(
     assert secret not in repr(caught.value)
     assert all(secret not in record.getMessage() for record in caplog.records)
     assert secret not in caplog.text
+
+
+async def test_a_commit_the_driver_refused_to_send_is_lost_not_unknown(
+    make_pool: MakePool, admin: asyncpg.Connection, table: str
+) -> None:
+    """Issue 15.8: a backend killed before COMMIT: asyncpg refuses to send it."""
+    from resync.core.exceptions import DatabaseCommitUnknownError, DatabaseConnectionLostError
+
+    pool = await make_pool()
+    with pytest.raises(DatabaseConnectionLostError) as caught:
+        async with pool.get_connection() as session:
+            await session.execute(text(f"INSERT INTO {table} VALUES ('never')"))
+            pid = await scalar(session, "SELECT pg_backend_pid()")
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            await asyncio.sleep(0.2)  # asyncpg sees the socket close
+    assert not isinstance(caught.value, DatabaseCommitUnknownError)
+    assert "before COMMIT was sent" in str(caught.value)
+    assert await admin.fetchval(f"SELECT count(*) FROM {table}") == 0
+    async with pool.get_connection() as session:  # and the pool goes on
+        assert await scalar(session, "SELECT 1") == 1
+
+
+def test_asyncpg_cannot_switch_state_is_a_lost_connection() -> None:
+    """Issue 15.8: "cannot switch to state 12" (a killed backend) maps to connection lost.
+
+    Built by hand: a real server cannot be made to put asyncpg's protocol in
+    that state on purpose.
+    """
+    import asyncpg.exceptions
+    from sqlalchemy.exc import DBAPIError
+
+    from resync.core.exceptions import DatabaseConnectionLostError
+
+    driver = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    adapted = Exception("adapted")
+    adapted.__cause__ = driver
+    error = DBAPIError("COMMIT", None, adapted)
+    config = ConnectionPoolConfig(pool_name="states")
+    pool = DatabaseConnectionPool(config, "postgresql+asyncpg://u@127.0.0.1/db")
+    mapped = pool._map_error(error)
+    assert isinstance(mapped, DatabaseConnectionLostError), mapped
+    assert "cannot switch to state" not in str(mapped) or "pool 'states'" in str(mapped)

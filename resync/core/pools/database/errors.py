@@ -28,8 +28,10 @@ from resync.core.exceptions import DatabaseStatementTimeoutError, ResyncError
 
 __all__ = [
     "READ_ONLY_SQLSTATE",
+    "client_state_broken",
     "connection_lost",
     "describe_sql_error",
+    "refused_before_sending",
     "sqlstate_of",
     "statement_error_hook",
 ]
@@ -118,9 +120,62 @@ def connection_lost(error: BaseException) -> bool:
     """
     if not isinstance(error, Exception):
         return True
+    if client_state_broken(error):
+        return True
     if isinstance(error, DBAPIError):
         return bool(error.connection_invalidated)
     return isinstance(error, OSError | TimeoutError)
+
+
+def _driver_chain(error: BaseException) -> list[BaseException]:
+    """``error``, SQLAlchemy's ``orig``, and their causes and contexts."""
+    found: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo:
+        link = todo.pop()
+        if link is None or any(link is seen for seen in found):
+            continue
+        found.append(link)
+        todo += [getattr(link, "orig", None), link.__cause__, link.__context__]
+    return found
+
+
+# asyncpg's client-side refusals: raised before anything is sent to the server.
+_REFUSED = ("connection is closed", "another operation is in progress")
+
+
+def refused_before_sending(error: BaseException) -> bool:
+    """Did the driver refuse the call without sending it (nothing reached the server)?
+
+    asyncpg raises ``InterfaceError`` ("... the underlying connection is
+    closed", "another operation is in progress") before any I/O, and
+    ``InternalClientError`` ("cannot switch to state N") when its protocol
+    state says the connection is unusable. A ``COMMIT`` refused like that was
+    never sent: nothing was committed.
+    """
+    for link in _driver_chain(error):
+        kind = type(link)
+        if not kind.__module__.startswith("asyncpg"):
+            continue
+        if kind.__name__ == "InternalClientError":
+            return True
+        if kind.__name__ == "InterfaceError" and any(m in str(link) for m in _REFUSED):
+            return True
+    return False
+
+
+def client_state_broken(error: BaseException) -> bool:
+    """Is the driver's connection unusable on the client side (asyncpg's
+    "cannot switch to state N", a closed connection)? Such an error means the
+    connection was lost, whatever SQLAlchemy thinks of it."""
+    for link in _driver_chain(error):
+        kind = type(link)
+        if kind.__module__.startswith("asyncpg") and (
+            kind.__name__ == "InternalClientError"
+            or (kind.__name__ == "InterfaceError" and "connection is closed" in str(link))
+        ):
+            return True
+    return False
 
 
 def statement_error_hook(

@@ -35,7 +35,7 @@ from resync.core.exceptions import (
 )
 from resync.core.pools.database.credentials import CredentialsProvider
 from resync.core.pools.database.engine import create_engine, ping_after
-from resync.core.pools.database.errors import describe_sql_error
+from resync.core.pools.database.errors import client_state_broken, describe_sql_error
 from resync.core.pools.database.release import LeaseEnd
 from resync.core.pools.database.replacement import Replacement
 from resync.core.pools.database.replicas import ReadLease
@@ -474,6 +474,10 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         return mapped
 
     def _is_backend_failure(self, error: BaseException) -> bool:
+        # asyncpg's "cannot switch to state N" after a killed backend, or a
+        # closed connection: lost, though SQLAlchemy may not flag it.
+        if client_state_broken(error):
+            return True
         if isinstance(error, DBAPIError):
             return bool(error.connection_invalidated)
         return isinstance(error, OSError | TimeoutError)

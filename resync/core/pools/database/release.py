@@ -32,8 +32,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from resync.core.exceptions import DatabaseCommitUnknownError, ErrorFamily
-from resync.core.pools.database.errors import connection_lost, describe_sql_error
+from resync.core.exceptions import (
+    DatabaseCommitUnknownError,
+    DatabaseConnectionLostError,
+    ErrorFamily,
+)
+from resync.core.pools.database.errors import (
+    connection_lost,
+    describe_sql_error,
+    refused_before_sending,
+)
 from resync.core.pools.database.record import ConnectionRecord
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.kernel.stats import ConnectionPoolStats
@@ -137,9 +145,11 @@ class LeaseEnd:
             if held is not None:  # None: cut off by close() after the drain
                 self.stock.check_in(held, reusable)
         if failure is not None:
-            self._raise_commit_failure(failure, unknown=commit_sent and connection_lost(failure))
+            lost = connection_lost(failure)
+            sent = commit_sent and not refused_before_sending(failure)
+            self._raise_commit_failure(failure, unknown=sent and lost, lost=lost)
 
-    def _raise_commit_failure(self, failure: Exception, *, unknown: bool) -> None:
+    def _raise_commit_failure(self, failure: Exception, *, unknown: bool, lost: bool) -> None:
         if unknown:
             self.stats.connection_errors += 1
             raise DatabaseCommitUnknownError(
@@ -151,6 +161,13 @@ class LeaseEnd:
         if not isinstance(failure, SQLAlchemyError):
             raise failure
         self.stats.connection_errors += 1
+        if lost:  # the connection was gone before COMMIT could be sent
+            raise DatabaseConnectionLostError(
+                f"Database operation failed: the connection was lost before COMMIT was sent "
+                f"({describe_sql_error(failure)}) (pool '{self.name}'); nothing was committed, "
+                "retry the transaction",
+                pool_name=self.name,
+            ) from None
         # The driver's text may quote a value (a constraint's key): class and SQLSTATE only.
         raise self.errors.base(
             f"Database operation failed: commit failed and was rolled back "
