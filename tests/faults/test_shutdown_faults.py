@@ -232,3 +232,36 @@ async def test_manager_shutdown_drains_active_leases_and_refuses_new_ones(
     await wait_for_pg_backends(pg_admin, db_pool.application_name, 0)
     for target in targets.values():
         await target.proxy.wait_for_sockets_async(0)
+
+
+@pytest.mark.parametrize("backend", ["database", "redis", "http"])
+async def test_close_returns_within_the_drain_timeout_plus_one_second(
+    backend: str, targets: dict[str, Target]
+) -> None:
+    """Issue 15.5: drain 1 s, connect timeout 2 s, a lease stuck on a dead network.
+
+    Before: the drain, then closing the idle connections into the silence,
+    each bounded by the connect timeout (3 s and more). After the drain
+    timeout every socket still open is aborted: close() takes at most 2 s.
+    """
+    target = targets[backend]
+    pool = target.pool(min_size=2, connection_timeout=2.0, drain_timeout=1.0)
+    await pool.initialize()
+    stuck_in = asyncio.Event()
+
+    async def stuck() -> None:
+        async with pool.get_connection() as connection:
+            await echo(connection)
+            target.proxy.blackhole()
+            stuck_in.set()
+            await echo(connection)
+
+    task = asyncio.create_task(stuck())
+    await stuck_in.wait()
+    started = perf_counter()
+    await pool.close()
+    closed_in = perf_counter() - started
+    assert closed_in <= 1.0 + 1.0, f"close() took {closed_in:.2f}s"
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 3)
+    target.proxy.heal()
+    await target.proxy.wait_for_sockets_async(0)

@@ -45,6 +45,7 @@ from resync.core.redact import scrub
 from resync.core.resilience import CircuitBreaker
 
 __all__ = [
+    "CLOSE_GRACE",
     "ConnectionPool",
     "ConnectionPoolConfig",
     "ConnectionPoolStats",
@@ -56,6 +57,10 @@ __all__ = [
 logger = logging.getLogger("resync.pool")
 
 ConnectionType = TypeVar("ConnectionType")
+
+
+#: Seconds the driver's close may take after the drain (then sockets are aborted).
+CLOSE_GRACE = 0.9
 
 
 class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[ConnectionType]):
@@ -237,7 +242,18 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                     timeout,
                 )
         try:
-            await self._close_pool()
+            # Goodbyes to the server get CLOSE_GRACE seconds: on a dead network
+            # they would each wait a connect timeout. Past it, the backend's
+            # close is cancelled, which aborts every socket it still holds.
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._close_pool()
+        except TimeoutError:
+            logger.warning(
+                "pool '%s': the server did not answer the close within %.3gs; "
+                "its connections were aborted",
+                self.name,
+                CLOSE_GRACE,
+            )
         except Exception as exc:
             logger.error(
                 "pool '%s': error while closing the driver: %s", self.name, self.scrub(exc)
