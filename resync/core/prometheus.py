@@ -127,7 +127,14 @@ class PoolCollector(Collector):
                 "Leases that timed out waiting for a connection.",
             ),
             "pool_hits": ("resync_pool_leases", "Leases granted."),
-            "connection_errors": ("resync_pool_errors", "Backend errors seen by the pool."),
+            "connection_errors": (
+                "resync_pool_errors",
+                "Failures to open or keep a connection (refused, reset, lost, failed check).",
+            ),
+            "server_errors": (
+                "resync_pool_server_errors",
+                "Errors the server answered with (bad SQL, constraint, error reply, HTTP 5xx).",
+            ),
             "pool_overloads": ("resync_pool_overloads", "Leases refused at once (max_waiting)."),
             "connection_creations": ("resync_pool_connection_creations", "Connections opened."),
             "connection_closures": ("resync_pool_connection_closures", "Connections closed."),

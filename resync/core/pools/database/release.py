@@ -89,7 +89,9 @@ class LeaseEnd:
 
     ``rollback_timeout`` bounds the ``ROLLBACK`` the pool sends itself (the
     pool's ``connection_timeout``); ``errors`` is the pool's error family and
-    ``scrub`` its secret filter. Counts into ``stats.connection_errors``.
+    ``scrub`` its secret filter. Counts a lost connection into
+    ``stats.connection_errors`` and an error the server answered (bad SQL, a
+    constraint) into ``stats.server_errors``.
     """
 
     __slots__ = ("errors", "name", "rollback_timeout", "scrub", "stats", "stock")
@@ -137,7 +139,7 @@ class LeaseEnd:
                     reusable = await self._roll_back(session, held, exc)
             else:
                 if isinstance(error, SQLAlchemyError):
-                    self.stats.connection_errors += 1
+                    self._count(error)
                 reusable = await self._roll_back(session, held, error)
         finally:
             # A reference kept past the lease must not reach this connection again.
@@ -148,6 +150,13 @@ class LeaseEnd:
             lost = connection_lost(failure)
             sent = commit_sent and not refused_before_sending(failure)
             self._raise_commit_failure(failure, unknown=sent and lost, lost=lost)
+
+    def _count(self, error: BaseException) -> None:
+        """A lost connection is a connection error; an answer of the server is not."""
+        if connection_lost(error):
+            self.stats.connection_errors += 1
+        else:
+            self.stats.server_errors += 1
 
     def _raise_commit_failure(self, failure: Exception, *, unknown: bool, lost: bool) -> None:
         if unknown:
@@ -160,7 +169,7 @@ class LeaseEnd:
             ) from None
         if not isinstance(failure, SQLAlchemyError):
             raise failure
-        self.stats.connection_errors += 1
+        self._count(failure)
         if lost:  # the connection was gone before COMMIT could be sent
             raise DatabaseConnectionLostError(
                 f"Database operation failed: the connection was lost before COMMIT was sent "

@@ -102,8 +102,6 @@ class ConnectionStock:
         #: SQLite ``:memory:``: one connection never leased keeps the database alive.
         self._keeper: ConnectionRecord | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        #: Connects in flight (a late check must not push the pool past max_size).
-        self._connecting = 0
         #: Checks still running after their caller's deadline (see _validate).
         self._late: dict[asyncio.Task[None], ConnectionRecord] = {}
         self._scrub = scrub
@@ -118,11 +116,7 @@ class ConnectionStock:
         """Open one connection within ``timeout`` seconds (see :func:`open_connection`)."""
         engine = self.engine
         assert engine is not None, "connect() before the engine exists"
-        self._connecting += 1
-        try:
-            conn = await open_connection(engine, self.opener, timeout)
-        finally:
-            self._connecting -= 1
+        conn = await open_connection(engine, self.opener, timeout)
         try:
             return ConnectionRecord(conn, self.config.max_lifetime, self.generation)
         except BaseException:
@@ -315,9 +309,10 @@ class ConnectionStock:
                 raise
             logger.debug("pool '%s': a late check failed: %s", self.name, self._scrub(exc))
             return
-        # Every other connection is idle, leased or being opened: keep this one
-        # only if that leaves room, so the pool never holds more than max_size.
-        others = len(self.idle) + len(self._leased) + self._connecting + len(self._late) - 1
+        # Every other connection is idle, late like this one, or held under an
+        # admission slot (leased, being opened, checked or returned): keep this
+        # one only if that leaves room, so the pool never holds more than max_size.
+        others = len(self.idle) + self._gate.in_use + len(self._late) - 1
         full = others >= self.config.max_size
         if ok and self._is_ready() and not full:
             self.check_in(held, reusable=True)

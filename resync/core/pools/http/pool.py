@@ -204,6 +204,7 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
             counters=self.http_counters,
             label=f"pool '{self.name}'",
             on_failure=self._count_failure,
+            on_server_error=self._count_server_error,
         )
         options.setdefault("timeout", httpx.Timeout(cfg.connection_timeout))
         options.setdefault("follow_redirects", True)
@@ -255,6 +256,9 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
 
     def _count_failure(self) -> None:
         self.stats.connection_errors += 1
+
+    def _count_server_error(self) -> None:
+        self.stats.server_errors += 1
 
     def _core_pool(self) -> Any:
         """httpcore's pool under the client, or None (closed, or a custom transport)."""

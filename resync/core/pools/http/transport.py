@@ -71,7 +71,9 @@ def is_upstream_failure(error: BaseException) -> bool:
 class ResilientTransport(httpx.AsyncBaseTransport):
     """Wraps ``inner``: retries what is safe to retry, reports outcomes to ``breaker``.
 
-    ``on_failure`` is called once per failed request (after retries), for stats.
+    ``on_failure`` is called once per failed request (after retries: no
+    connection, reset, timeout), ``on_server_error`` once per 5xx answer, for
+    the pool's ``connection_errors`` / ``server_errors``.
     Closing this transport closes ``inner``.
     """
 
@@ -84,6 +86,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         counters: HTTPCounters,
         label: str,
         on_failure: Callable[[], None] | None = None,
+        on_server_error: Callable[[], None] | None = None,
     ) -> None:
         self.inner = inner
         self.retry = retry
@@ -91,6 +94,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self.counters = counters
         self._label = label
         self._on_failure = on_failure
+        self._on_server_error = on_server_error
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; retry per :func:`may_retry`; record the outcome.
@@ -128,6 +132,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         breaker = self.breaker
         if response.status_code >= 500:
             counters.server_errors += 1
+            if self._on_server_error is not None:
+                self._on_server_error()
             if breaker is not None:
                 breaker.record_failure()
         elif breaker is not None:

@@ -36,8 +36,12 @@ class ConnectionPoolStats:
       with every slot taken.
     - ``pool_overloads``: leases refused at once because ``max_waiting`` callers
       were already queued.
-    - ``connection_errors``: backend errors (connect failures and driver errors
-      translated to resync errors).
+    - ``connection_errors``: failures to open or keep a connection -- connect
+      refused, reset or timed out without an answer, a connection lost under
+      a lease, a validation that failed -- on every backend.
+    - ``server_errors``: errors the server answered with -- bad SQL, a
+      constraint violation, a failed commit the server reported, a Redis
+      error reply (WRONGTYPE ...), an HTTP 5xx. The connection was fine.
     - ``connection_creations`` / ``connection_closures``: driver connections
       opened and closed.
     - ``leaks_detected``: leases held past ``leak_detection_threshold``.
@@ -53,6 +57,7 @@ class ConnectionPoolStats:
     pool_exhaustions: int = 0
     pool_overloads: int = 0
     connection_errors: int = 0
+    server_errors: int = 0
     connection_creations: int = 0
     connection_closures: int = 0
     leaks_detected: int = 0

@@ -48,6 +48,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import ResponseError as RedisResponseError
 
 from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
 from resync.core.pools.kernel.loops import start_task, stop_task
@@ -215,8 +216,11 @@ class RedisConnectionPool(ConnectionPool[Redis]):
         return await self._stock.checkout(timeout)
 
     async def _release_connection(self, connection: Redis, error: BaseException | None) -> None:
-        if error is not None and self._is_backend_failure(error):
-            self.stats.connection_errors += 1
+        if error is not None:
+            if self._is_backend_failure(error):
+                self.stats.connection_errors += 1
+            elif isinstance(error, RedisResponseError):  # WRONGTYPE, NOSCRIPT ...: an answer
+                self.stats.server_errors += 1
         record = self._stock.record_of(connection)
         if record is None:  # pragma: no cover - only the stock's clients are handed out
             return
