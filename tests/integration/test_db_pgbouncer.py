@@ -151,7 +151,7 @@ async def test_without_the_profile_named_statements_break_under_transaction_pool
 async def test_settings_select_the_profile(bouncer: PgBouncer) -> None:
     settings = Settings(DATABASE_URL=bouncer.url(), DB_POOL_PGBOUNCER="transaction")
     spec = pool_specs(settings)[0]
-    assert spec.options == {"pgbouncer": "transaction"}
+    assert spec.options == {"pgbouncer": "transaction", "statement_timeout": 30.0}
     pool = build_pool(spec)
     assert isinstance(pool, DatabaseConnectionPool)
     async with pool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, UnboundExecutionError
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resync.core.exceptions import (
@@ -311,8 +311,9 @@ async def test_sqlalchemy_error_becomes_a_counted_database_error(make_pool: Make
     assert message.startswith("Database operation failed: ")
     assert "no such table" in message
     assert "'errors'" in message
-    assert isinstance(caught.value.__context__, OperationalError)  # raised from None
-    assert pool.get_stats_snapshot()["connection_errors"] == 1
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    snapshot = pool.get_stats_snapshot()
+    assert (snapshot["server_errors"], snapshot["connection_errors"]) == (1, 0)
     async with pool.get_connection() as session:
         assert await scalar(session, "SELECT 1") == 1
 
@@ -332,7 +333,8 @@ async def test_failing_commit_raises_database_error_and_keeps_nothing(make_pool:
             await session.execute(text("PRAGMA foreign_keys = ON"))
             await session.execute(text("INSERT INTO child VALUES (1, 999)"))
     assert "FOREIGN KEY constraint failed" in str(caught.value)
-    assert pool.get_stats_snapshot()["connection_errors"] == 1
+    snapshot = pool.get_stats_snapshot()
+    assert (snapshot["server_errors"], snapshot["connection_errors"]) == (1, 0)
     async with pool.get_connection() as session:
         assert await scalar(session, "SELECT count(*) FROM child") == 0
 
