@@ -197,3 +197,43 @@ def test_config_masks_secrets_and_bad_settings_exit_2(pg_url: str, redis_url: st
     assert bad.returncode == 2
     assert "DB_POOL_MAX_SIZE" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_serve_with_an_optional_redis_down_starts_ready_and_serves_kv_from_the_database(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Issue 14: REDIS_REQUIRED=false and Redis down at boot used to exit 3."""
+    port = free_port()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [RESYNC, "serve"],
+        env=service_env(pg_url, dead_redis, port, REDIS_REQUIRED="false"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    base = f"http://127.0.0.1:{port}"
+    key = f"e2e-optional-{uuid.uuid4().hex[:8]}"
+    try:
+        wait_ready(base, proc)
+        pools = httpx.get(f"{base}/pools", timeout=5).json()["pools"]
+        assert pools["redis"]["health"]["state"] == "down"
+        assert httpx.put(f"{base}/api/kv/{key}", json={"value": "v"}, timeout=5).status_code == 200
+        answer = httpx.get(f"{base}/api/kv/{key}", timeout=5)
+        assert answer.status_code == 200 and answer.json()["source"] == "database"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+        asyncio.run(_delete_kv(key))
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()
+
+
+async def _delete_kv(key: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute("DELETE FROM resync_kv WHERE key = $1", key)
+    finally:
+        await conn.close()
