@@ -34,6 +34,7 @@ from resync.core.exceptions import (
     ResyncError,
 )
 from resync.core.pools.database.credentials import CredentialsProvider
+from resync.core.pools.database.driver import DriverLeases, DriverReset
 from resync.core.pools.database.engine import create_engine, ping_after
 from resync.core.pools.database.errors import client_state_broken, describe_sql_error
 from resync.core.pools.database.release import LeaseEnd
@@ -42,6 +43,7 @@ from resync.core.pools.database.replicas import ReadLease
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.database.topology import Topology
 from resync.core.pools.database.url import DatabaseTarget, engine_arguments, parse_database_url
+from resync.core.pools.kernel.lease import Lease
 from resync.core.pools.kernel.pacing import ConnectBackoff
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig, PoolState
 from resync.core.redact import mask_url, url_secrets
@@ -191,6 +193,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         replica_check_interval: float | None = None,
         circuit_breaker: BreakerSpec = True,
         statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT,
+        driver_reset: DriverReset | None = None,
         **engine_options: Any,
     ) -> None:
         super().__init__(config)
@@ -273,6 +276,14 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             errors=self.errors,
             rollback_timeout=config.connection_timeout,
             scrub=self.scrub,
+        )
+        self._driver_leases = DriverLeases(
+            self.name,
+            stock=self._stock,
+            stats=self.stats,
+            errors=self.errors,
+            rollback_timeout=config.connection_timeout,
+            reset=driver_reset,
         )
         self._replacement = Replacement(
             self.name, stock=self._stock, is_ready=self._is_ready, scrub=self.scrub
@@ -375,6 +386,22 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         await self._stock.close_all()
 
     # --- leasing ------------------------------------------------------------------------
+
+    def driver_connection(self) -> Lease[Any]:
+        """Lease the driver's own connection: ``async with pool.driver_connection() as conn``.
+
+        An ``asyncpg.Connection`` (PostgreSQL) or ``aiosqlite.Connection``
+        (SQLite), autocommit unless you open a transaction, with no round trip
+        at checkout for a connection used in the last 0.5 s (see
+        :mod:`~resync.core.pools.database.driver` for the rules and the
+        trade-off). Same admission, ``connection_timeout``, stats, leak
+        detection, breaker and cancellation guarantees as
+        :meth:`get_connection`; a transaction left open is rolled back at
+        release and a connection in an unknown state (cancelled or timed out
+        mid-statement, broken) is discarded. After ``close()``: the "is
+        shutdown" error.
+        """
+        return Lease(self, self._driver_leases)
 
     async def _acquire_connection(self, timeout: float) -> AsyncSession:
         held = await self._stock.checkout(timeout)

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from time import monotonic
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from resync.core.pools.database.record import (
     ConnectionRecord,
@@ -61,7 +61,11 @@ from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pacing import ConnectBackoff, drain_pause, maintenance_tick
 
-__all__ = ["ConnectionStock"]
+__all__ = ["HOT_WINDOW", "ConnectionStock"]
+
+#: Seconds after a successful use during which a driver lease trusts a
+#: connection without a round trip (HikariCP's aliveBypassWindowMs, 500 ms).
+HOT_WINDOW = 0.5
 
 logger = logging.getLogger("resync.pool")
 
@@ -98,7 +102,7 @@ class ConnectionStock:
         self.suspect_since = -math.inf
         #: Connections opened in an older generation are replaced, never reused.
         self.generation = 0
-        self._leased: dict[AsyncSession, ConnectionRecord] = {}
+        self._leased: dict[object, ConnectionRecord] = {}
         #: SQLite ``:memory:``: one connection never leased keeps the database alive.
         self._keeper: ConnectionRecord | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -202,11 +206,12 @@ class ConnectionStock:
 
     # --- leases -----------------------------------------------------------------------
 
-    def lend(self, session: AsyncSession, held: ConnectionRecord) -> None:
-        """File ``held`` (from :meth:`checkout`) as leased to ``session``."""
+    def lend(self, session: object, held: ConnectionRecord) -> None:
+        """File ``held`` (from :meth:`checkout`) as leased to ``session`` (an
+        ``AsyncSession``, or the driver connection of a driver lease)."""
         self._leased[session] = held
 
-    def take_back(self, session: AsyncSession) -> ConnectionRecord | None:
+    def take_back(self, session: object) -> ConnectionRecord | None:
         """The record leased to ``session``, no longer filed as leased (``None``:
         cut off by :meth:`close_all`). Hand it to :meth:`check_in` afterwards."""
         return self._leased.pop(session, None)
@@ -220,7 +225,7 @@ class ConnectionStock:
 
     # --- checkout and check-in ----------------------------------------------------
 
-    async def checkout(self, timeout: float) -> ConnectionRecord:
+    async def checkout(self, timeout: float, *, transactional: bool = True) -> ConnectionRecord:
         """A validated connection within ``timeout`` seconds.
 
         Takes the most recently used idle connection; drops it if expired or
@@ -241,16 +246,18 @@ class ConnectionStock:
             elif held.dead():
                 self.suspect_since = now
                 self.terminate(held)
-            elif await self._validate(held, deadline, now):
+            elif await self._validate(held, deadline, now, transactional):
                 return held
             else:
                 self.suspect_since = now
         held = await self.connect(max(deadline - monotonic(), 0.001))
-        await self._validate(held, deadline, None)
+        await self._validate(held, deadline, None, transactional)
         self.backoff.succeeded(background=False)  # the server is back: refills may run
         return held
 
-    async def _validate(self, held: ConnectionRecord, deadline: float, now: float | None) -> bool:
+    async def _validate(
+        self, held: ConnectionRecord, deadline: float, now: float | None, transactional: bool = True
+    ) -> bool:
         """Is ``held`` (idle since before ``now``; ``None``: just opened) usable?
 
         With asyncpg the check is the transaction's own ``BEGIN``, sent here
@@ -259,10 +266,14 @@ class ConnectionStock:
         the caller sees it. Other drivers are pinged when idle longer than
         ``ping_after`` or suspected. A new connection that fails raises.
         """
-        begin = held.begin
+        begin = held.begin if transactional else None
         if begin is None:
+            # A driver lease (``transactional=False``) sends no BEGIN: a
+            # connection used within HOT_WINDOW and not suspected since is
+            # handed out with no I/O (HikariCP's aliveBypassWindowMs).
+            window = self.ping_after if transactional else min(self.ping_after, HOT_WINDOW)
             if now is None or (
-                now - held.idle_since < self.ping_after and held.idle_since > self.suspect_since
+                now - held.idle_since < window and held.idle_since > self.suspect_since
             ):
                 return True
             check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, ping_connection)

@@ -29,7 +29,7 @@ import logging
 import sys
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from resync.core.pools.kernel import observe
 from resync.core.pools.kernel.admission import CLOSED, GRANTED
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from resync.core.pools.kernel.stats import ConnectionPoolStats, WaitTimeWindow
     from resync.core.resilience import CircuitBreaker
 
-__all__ = ["Lease", "LeaseHost", "LeaseState", "raise_mapped"]
+__all__ = ["Lease", "LeaseHost", "LeaseKind", "LeaseState", "raise_mapped"]
 
 logger = logging.getLogger("resync.pool")
 
@@ -116,6 +116,18 @@ class LeaseHost(Protocol[T]):
     async def on_connection_released(self, connection: T) -> None: ...
 
 
+class LeaseKind(Protocol[T]):
+    """Another kind of connection from the same pool (a driver's own connection
+    beside the pool's default): how to take one out, give it back, and name
+    its errors. Everything else -- admission, timeouts, stats, histograms,
+    leak detection, breaker, cancellation -- is the lease's, as for any lease.
+    """
+
+    async def acquire(self, timeout: float) -> T: ...
+    async def release(self, connection: T, error: BaseException | None) -> None: ...
+    def map_error(self, error: BaseException) -> BaseException: ...
+
+
 class Lease(Generic[T]):
     """``async with pool.get_connection() as conn``: hold one connection.
 
@@ -126,10 +138,11 @@ class Lease(Generic[T]):
     is cancelled. A ``Lease`` object is single-use.
     """
 
-    __slots__ = ("_conn", "_granted_at", "_leak", "_pool", "_started", "_state")
+    __slots__ = ("_conn", "_granted_at", "_kind", "_leak", "_pool", "_started", "_state")
 
-    def __init__(self, pool: LeaseHost[T]) -> None:
+    def __init__(self, pool: LeaseHost[Any], kind: LeaseKind[T] | None = None) -> None:
         self._pool = pool
+        self._kind = kind  # None: the pool's own kind (its _acquire/_release hooks)
         self._state = _NEW
         self._leak: LeakWatch | None = None
 
@@ -194,8 +207,11 @@ class Lease(Generic[T]):
                 raise _refused(pool, start, pool._unavailable_error())
         # A slot is held from here on; every exit path below must release it.
         try:
-            remaining = timeout - (perf_counter() - start)
-            conn = await pool._acquire_connection(max(remaining, 0.001))
+            remaining = max(timeout - (perf_counter() - start), 0.001)
+            kind = self._kind
+            conn = await (
+                pool._acquire_connection(remaining) if kind is None else kind.acquire(remaining)
+            )
         except BaseException as exc:
             gate.release()
             stats.pool_misses += 1
@@ -217,7 +233,7 @@ class Lease(Generic[T]):
         pool.wait_histogram.observe(waited)
         if pool._leak_threshold:
             self._leak = LeakWatch(pool.name, pool._leak_threshold, pool.stats)
-        if pool._has_acquire_hook:
+        if pool._has_acquire_hook and self._kind is None:
             try:
                 await pool.on_connection_acquired(conn)
             except BaseException:
@@ -244,14 +260,18 @@ class Lease(Generic[T]):
         del self._conn
         held = perf_counter() - self._granted_at
         failed_release: BaseException | None = None
+        kind = self._kind
         try:
             try:
-                if pool._has_release_hook:
-                    try:
-                        await pool.on_connection_released(conn)
-                    except Exception:
-                        logger.exception("pool '%s': on_connection_released failed", pool.name)
-                await pool._release_connection(conn, exc)
+                if kind is not None:
+                    await kind.release(conn, exc)
+                else:
+                    if pool._has_release_hook:
+                        try:
+                            await pool.on_connection_released(conn)
+                        except Exception:
+                            logger.exception("pool '%s': on_connection_released failed", pool.name)
+                    await pool._release_connection(conn, exc)
             except BaseException as error:
                 failed_release = error  # e.g. a COMMIT on a connection that broke
                 raise
@@ -271,7 +291,7 @@ class Lease(Generic[T]):
         if observe.observers:
             self._ended(exc, held)
         if exc is not None:
-            mapped = pool._map_error(exc)
+            mapped = pool._map_error(exc) if kind is None else kind.map_error(exc)
             if mapped is not exc:
                 raise_mapped(mapped, exc)
 
