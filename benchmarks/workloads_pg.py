@@ -50,8 +50,16 @@ COUNTER_ROWS = 1000
 TABLE = "resync_bench_counter"
 SERVER_SETTINGS = {"synchronous_commit": "off"}
 
-IMPLS = ("asyncpg", "psycopg_pool", "sqlalchemy", "resync")
-PAIRS = {"resync": "sqlalchemy"}
+IMPLS = (
+    "asyncpg",
+    "asyncpg no-reset",
+    "psycopg_pool",
+    "sqlalchemy",
+    "resync",
+    "resync driver",
+)
+#: resync's session lease wraps SQLAlchemy's; its driver lease competes with asyncpg.Pool.
+PAIRS = {"resync": "sqlalchemy", "resync driver": "asyncpg"}
 #: (workload, implementations) in the order they run.
 PLAN: list[tuple[str, tuple[str, ...]]] = [
     ("pg SELECT 1", IMPLS),
@@ -62,6 +70,10 @@ PLAN: list[tuple[str, tuple[str, ...]]] = [
 _SELECT_1 = text("SELECT 1")
 _SELECT_FOR_UPDATE = text(f"SELECT n FROM {TABLE} WHERE id = :id FOR UPDATE")
 _UPDATE = text(f"UPDATE {TABLE} SET n = :n WHERE id = :id")
+
+
+async def _no_reset(connection: Any) -> None:
+    """An asyncpg.Pool reset that sends nothing."""
 
 
 def _plain_dsn(url: str) -> str:
@@ -102,6 +114,7 @@ class Peers:
             connect_args={"server_settings": SERVER_SETTINGS},
         )
         self.asyncpg: Any = None
+        self.asyncpg_bare: Any = None
 
     async def open(self) -> None:
         self.asyncpg = await asyncpg.create_pool(
@@ -110,6 +123,16 @@ class Peers:
             max_size=POOL_SIZE,
             command_timeout=TIMEOUT,
             server_settings=SERVER_SETTINGS,
+        )
+        # asyncpg.Pool whose release runs no reset (its default sends RESET ALL,
+        # UNLISTEN *, CLOSE ALL and pg_advisory_unlock_all() on every release).
+        self.asyncpg_bare = await asyncpg.create_pool(
+            self.dsn,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+            command_timeout=TIMEOUT,
+            server_settings=SERVER_SETTINGS,
+            reset=_no_reset,
         )
         await self.psycopg.open(wait=True, timeout=TIMEOUT)
         await self.resync.initialize()
@@ -138,11 +161,14 @@ class Peers:
             async with self.asyncpg.acquire() as conn:
                 await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
             await self.asyncpg.close()
+        if self.asyncpg_bare is not None:
+            await self.asyncpg_bare.close()
 
     # --- SELECT 1 ----------------------------------------------------------------------
 
     def select_one(self) -> dict[str, Op]:
         apg, pg3, sessions, pool = self.asyncpg, self.psycopg, self.sessions, self.resync
+        bare = self.asyncpg_bare
 
         async def via_asyncpg() -> object:
             async with apg.acquire() as conn:
@@ -161,12 +187,28 @@ class Peers:
             async with pool.get_connection() as session:
                 return (await session.execute(_SELECT_1)).scalar()
 
-        return dict(zip(IMPLS, (via_asyncpg, via_psycopg, via_sqlalchemy, via_resync), strict=True))
+        async def via_asyncpg_bare() -> object:
+            async with bare.acquire() as conn:
+                return await conn.fetchval("SELECT 1")
+
+        async def via_resync_driver() -> object:
+            async with pool.driver_connection() as conn:
+                return await conn.fetchval("SELECT 1")
+
+        return _ops(
+            via_asyncpg,
+            via_asyncpg_bare,
+            via_psycopg,
+            via_sqlalchemy,
+            via_resync,
+            via_resync_driver,
+        )
 
     # --- read-modify-write ---------------------------------------------------------------
 
     def read_modify_write(self) -> dict[str, Op]:
         apg, pg3, sessions, pool = self.asyncpg, self.psycopg, self.sessions, self.resync
+        bare = self.asyncpg_bare
         pick = random.randrange
         select_sql = f"SELECT n FROM {TABLE} WHERE id = $1 FOR UPDATE"
         update_sql = f"UPDATE {TABLE} SET n = $2 WHERE id = $1"
@@ -199,12 +241,32 @@ class Peers:
                 n = (await session.execute(_SELECT_FOR_UPDATE, {"id": key})).scalar_one()
                 return await session.execute(_UPDATE, {"id": key, "n": n + 1})
 
-        return dict(zip(IMPLS, (via_asyncpg, via_psycopg, via_sqlalchemy, via_resync), strict=True))
+        async def via_asyncpg_bare() -> object:
+            key = pick(COUNTER_ROWS)
+            async with bare.acquire() as conn, conn.transaction():
+                n = await conn.fetchval(select_sql, key)
+                return await conn.execute(update_sql, key, n + 1)
+
+        async def via_resync_driver() -> object:
+            key = pick(COUNTER_ROWS)
+            async with pool.driver_connection() as conn, conn.transaction():
+                n = await conn.fetchval(select_sql, key)
+                return await conn.execute(update_sql, key, n + 1)
+
+        return _ops(
+            via_asyncpg,
+            via_asyncpg_bare,
+            via_psycopg,
+            via_sqlalchemy,
+            via_resync,
+            via_resync_driver,
+        )
 
     # --- the lease alone -------------------------------------------------------------------
 
     def lease_only(self) -> dict[str, Op]:
         apg, pg3, engine, pool = self.asyncpg, self.psycopg, self.engine, self.resync
+        bare = self.asyncpg_bare
         yield_once = asyncio.sleep
 
         async def via_asyncpg() -> None:
@@ -223,7 +285,26 @@ class Peers:
             async with pool.get_connection():
                 await yield_once(0)
 
-        return dict(zip(IMPLS, (via_asyncpg, via_psycopg, via_sqlalchemy, via_resync), strict=True))
+        async def via_asyncpg_bare() -> None:
+            async with bare.acquire():
+                await yield_once(0)
+
+        async def via_resync_driver() -> None:
+            async with pool.driver_connection():
+                await yield_once(0)
+
+        return _ops(
+            via_asyncpg,
+            via_asyncpg_bare,
+            via_psycopg,
+            via_sqlalchemy,
+            via_resync,
+            via_resync_driver,
+        )
+
+
+def _ops(*functions: Op) -> dict[str, Op]:
+    return dict(zip(IMPLS, functions, strict=True))
 
 
 async def run(loop: str, rounds: int, duration: float) -> list[Row]:
