@@ -152,3 +152,28 @@ async def test_sqlite_gives_aiosqlite_and_a_closed_pool_refuses() -> None:
     with pytest.raises(DatabasePoolClosedError):
         async with pool.driver_connection():
             pass
+
+
+async def test_a_killed_backend_fails_the_next_lease_as_lost_never_as_a_server_error(
+    pg_url: str, admin: asyncpg.Connection
+) -> None:
+    """The alive-bypass window's price, documented: retry-safe, typed, counted as lost."""
+    from resync.core.exceptions import DatabaseConnectionLostError
+
+    config = ConnectionPoolConfig(pool_name="killed", min_size=1, max_size=1)
+    async with DatabaseConnectionPool(config, pg_url, circuit_breaker=False) as pool:
+        lost = 0
+        for delay in (0.0, 0.001, 0.005, 0.05):
+            async with pool.driver_connection() as conn:
+                pid = conn.get_server_pid()
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            await asyncio.sleep(delay)
+            try:
+                async with pool.driver_connection() as conn:
+                    assert await conn.fetchval("SELECT 1") == 1
+            except DatabaseConnectionLostError:
+                lost += 1
+        stats = pool.get_stats_snapshot()
+        assert (stats["connection_errors"], stats["server_errors"]) == (lost, 0)
+        async with pool.driver_connection() as conn:
+            assert await conn.fetchval("SELECT 1") == 1

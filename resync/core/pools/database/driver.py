@@ -51,7 +51,11 @@ from resync.core.exceptions import (
     ErrorFamily,
     ResyncError,
 )
-from resync.core.pools.database.errors import client_state_broken, describe_sql_error
+from resync.core.pools.database.errors import (
+    client_state_broken,
+    describe_sql_error,
+    sqlstate_of,
+)
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.kernel.stats import ConnectionPoolStats
 
@@ -69,8 +73,17 @@ def _is_driver_error(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] in _DRIVER_MODULES
 
 
+#: SQLSTATEs that end the connection: the server is shutting it down.
+_FATAL_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 def _lost(error: BaseException) -> bool:
-    return client_state_broken(error) or isinstance(error, OSError | ConnectionError)
+    if client_state_broken(error) or isinstance(error, OSError | ConnectionError):
+        return True
+    if type(error).__name__ == "ConnectionDoesNotExistError":  # asyncpg, mid-operation
+        return True
+    code = sqlstate_of(error) or ""
+    return code.startswith("08") or code in _FATAL_SQLSTATES
 
 
 class DriverLeases:
