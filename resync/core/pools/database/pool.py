@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from resync.core.exceptions import (
     DATABASE_ERRORS,
@@ -37,7 +37,7 @@ from resync.core.pools.database.credentials import CredentialsProvider
 from resync.core.pools.database.driver import DriverLeases, DriverReset
 from resync.core.pools.database.engine import create_engine, ping_after
 from resync.core.pools.database.errors import client_state_broken, describe_sql_error
-from resync.core.pools.database.release import LeaseEnd
+from resync.core.pools.database.release import CoreLeases, LeaseEnd
 from resync.core.pools.database.replacement import Replacement
 from resync.core.pools.database.replicas import ReadLease
 from resync.core.pools.database.stock import ConnectionStock
@@ -277,6 +277,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             rollback_timeout=config.connection_timeout,
             scrub=self.scrub,
         )
+        self._core_leases = CoreLeases(self._stock, self._lease_end, self._map_error)
         self._driver_leases = DriverLeases(
             self.name,
             stock=self._stock,
@@ -386,6 +387,18 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         await self._stock.close_all()
 
     # --- leasing ------------------------------------------------------------------------
+
+    def connection(self) -> Lease[AsyncConnection]:
+        """Lease SQLAlchemy Core's ``AsyncConnection``: ``async with pool.connection() as conn``.
+
+        What ``engine.connect()`` gives, on a pooled connection, without an
+        ORM session: a clean exit commits, an exception rolls back, with the
+        same commit rules and errors as :meth:`get_connection` (a refused
+        commit, ``DatabaseCommitUnknownError``, a lost connection) and the
+        same admission, timeouts, stats, breaker and cancellation guarantees.
+        Do not keep the connection past the block: it goes back to the pool.
+        """
+        return Lease(self, self._core_leases)
 
     def driver_connection(self) -> Lease[Any]:
         """Lease the driver's own connection: ``async with pool.driver_connection() as conn``.

@@ -28,8 +28,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from resync.core.exceptions import (
@@ -46,7 +47,7 @@ from resync.core.pools.database.record import ConnectionRecord
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.kernel.stats import ConnectionPoolStats
 
-__all__ = ["LeaseEnd"]
+__all__ = ["CoreLeases", "LeaseEnd"]
 
 logger = logging.getLogger("resync.pool")
 
@@ -67,6 +68,31 @@ def _commit_and_close(session: Session, held: ConnectionRecord | None) -> bool:
         return held is None or held.reset()
     except Exception:  # committed all the same; the connection is just not reused
         return False
+
+
+def _commit_connection(connection: Connection, held: ConnectionRecord) -> bool:
+    """Core lease: commit what the lease began, then reset (inside the greenlet)."""
+    if connection.in_transaction():
+        try:
+            connection.commit()
+        except Exception as exc:
+            raise _CommitFailed() from exc
+    try:
+        return held.reset()
+    except Exception:  # committed all the same; the connection is just not reused
+        return False
+
+
+def _rollback_connection(connection: Connection, held: ConnectionRecord | None) -> Exception | None:
+    try:
+        # Unconditionally: after a failed COMMIT the transaction is inactive
+        # (in_transaction() is False) yet must still be rolled back; a no-op otherwise.
+        connection.rollback()
+        if held is not None and not held.reset(rollback=True):
+            return RuntimeError("the connection could not be reset")
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _rollback_and_close(session: Session, held: ConnectionRecord | None) -> Exception | None:
@@ -151,6 +177,59 @@ class LeaseEnd:
             sent = commit_sent and not refused_before_sending(failure)
             self._raise_commit_failure(failure, unknown=sent and lost, lost=lost)
 
+    async def end_connection(
+        self, connection: AsyncConnection, error: BaseException | None
+    ) -> None:
+        """End a ``connection()`` lease: commit on a clean exit, else roll back.
+
+        The same rules and errors as :meth:`end` (commit refused, commit
+        outcome unknown, lost before sending), without an ORM session.
+        """
+        held = self.stock.take_back(connection)
+        if held is None:  # cut off by close() after the drain
+            return
+        reusable = False
+        failure: Exception | None = None
+        try:
+            if error is None:
+                try:
+                    reusable = await connection.run_sync(_commit_connection, held)
+                except _CommitFailed as exc:
+                    failure = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                    reusable = await self._roll_back_connection(connection, held, failure)
+            else:
+                if isinstance(error, SQLAlchemyError):
+                    self._count(error)
+                reusable = await self._roll_back_connection(connection, held, error)
+        finally:
+            self.stock.check_in(held, reusable)
+        if failure is not None:
+            lost = connection_lost(failure)
+            sent = not refused_before_sending(failure)
+            self._raise_commit_failure(failure, unknown=sent and lost, lost=lost)
+
+    async def _roll_back_connection(
+        self, connection: AsyncConnection, held: ConnectionRecord, cause: BaseException
+    ) -> bool:
+        if connection_lost(cause):
+            held.abort()
+            return False
+        try:
+            async with asyncio.timeout(self.rollback_timeout):
+                problem = await connection.run_sync(_rollback_connection, held)
+        except TimeoutError:
+            held.abort()
+            return False
+        if problem is not None:
+            logger.warning(
+                "pool '%s': rollback after %s failed; discarding the connection: %s",
+                self.name,
+                type(cause).__name__,
+                self.scrub(problem),
+            )
+            return False
+        return True
+
     def _count(self, error: BaseException) -> None:
         """A lost connection is a connection error; an answer of the server is not."""
         if connection_lost(error):
@@ -219,3 +298,40 @@ class LeaseEnd:
             self.scrub(problem),
         )
         return False
+
+
+class CoreLeases:
+    """The ``connection()`` kind of a database pool (a kernel ``LeaseKind``):
+    SQLAlchemy Core's ``AsyncConnection`` on one pooled connection.
+
+    Checkout is the session lease's (the transaction's ``BEGIN`` proves the
+    connection alive); the end is :meth:`LeaseEnd.end_connection`; errors map
+    as the pool's (``map_error``: the pool's own mapping).
+    """
+
+    __slots__ = ("_end", "_map", "stock")
+
+    def __init__(
+        self,
+        stock: ConnectionStock,
+        end: LeaseEnd,
+        map_error: Callable[[BaseException], BaseException],
+    ) -> None:
+        self.stock = stock
+        self._end = end
+        self._map = map_error
+
+    async def acquire(self, timeout: float) -> AsyncConnection:
+        """A validated connection inside a begun transaction, within ``timeout``."""
+        held = await self.stock.checkout(timeout)
+        connection = held.conn
+        self.stock.lend(connection, held)
+        return connection
+
+    async def release(self, connection: AsyncConnection, error: BaseException | None) -> None:
+        """Commit (clean exit) or roll back, then give the connection back."""
+        await self._end.end_connection(connection, error)
+
+    def map_error(self, error: BaseException) -> BaseException:
+        """The pool's error for one raised inside the block."""
+        return self._map(error)
