@@ -57,9 +57,10 @@ IMPLS = (
     "sqlalchemy",
     "resync",
     "resync driver",
+    "resync core",
 )
 #: resync's session lease wraps SQLAlchemy's; its driver lease competes with asyncpg.Pool.
-PAIRS = {"resync": "sqlalchemy", "resync driver": "asyncpg"}
+PAIRS = {"resync": "sqlalchemy", "resync driver": "asyncpg", "resync core": "sqlalchemy"}
 #: (workload, implementations) in the order they run.
 PLAN: list[tuple[str, tuple[str, ...]]] = [
     ("pg SELECT 1", IMPLS),
