@@ -196,6 +196,10 @@ class Peers:
             async with pool.driver_connection() as conn:
                 return await conn.fetchval("SELECT 1")
 
+        async def via_resync_core() -> object:
+            async with pool.connection() as conn:
+                return (await conn.execute(_SELECT_1)).scalar()
+
         return _ops(
             via_asyncpg,
             via_asyncpg_bare,
@@ -203,6 +207,7 @@ class Peers:
             via_sqlalchemy,
             via_resync,
             via_resync_driver,
+            via_resync_core,
         )
 
     # --- read-modify-write ---------------------------------------------------------------
@@ -254,6 +259,12 @@ class Peers:
                 n = await conn.fetchval(select_sql, key)
                 return await conn.execute(update_sql, key, n + 1)
 
+        async def via_resync_core() -> object:
+            key = pick(COUNTER_ROWS)
+            async with pool.connection() as conn:
+                n = (await conn.execute(_SELECT_FOR_UPDATE, {"id": key})).scalar_one()
+                return await conn.execute(_UPDATE, {"id": key, "n": n + 1})
+
         return _ops(
             via_asyncpg,
             via_asyncpg_bare,
@@ -261,6 +272,7 @@ class Peers:
             via_sqlalchemy,
             via_resync,
             via_resync_driver,
+            via_resync_core,
         )
 
     # --- the lease alone -------------------------------------------------------------------
@@ -294,6 +306,10 @@ class Peers:
             async with pool.driver_connection():
                 await yield_once(0)
 
+        async def via_resync_core() -> None:
+            async with pool.connection():
+                await yield_once(0)
+
         return _ops(
             via_asyncpg,
             via_asyncpg_bare,
@@ -301,6 +317,7 @@ class Peers:
             via_sqlalchemy,
             via_resync,
             via_resync_driver,
+            via_resync_core,
         )
 
 
