@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from resync.core.pools.database.sqla_internals import begin_hook, undo_callbacks
 from resync.core.pools.kernel.pacing import expiry
 
 __all__ = ["ConnectionRecord", "drop_connection", "open_connection", "ping_connection"]
@@ -131,7 +132,7 @@ class ConnectionRecord:
         # and validates the connection (see ConnectionStock.checkout).
         self.begin: Callable[[], Awaitable[None]] | None = None
         if not getattr(self.dbapi, "autocommit", False):  # AUTOCOMMIT sends no BEGIN
-            self.begin = getattr(self.dbapi, "_start_transaction", None)
+            self.begin = begin_hook(self.dbapi)
         # asyncpg's flag flips when the server closes the socket; reading it is free.
         self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
         self.expires_at = expiry(now, max_lifetime)
@@ -167,8 +168,7 @@ class ConnectionRecord:
             return True
         # SQLAlchemy queues the undo of connection characteristics for the
         # pool's check-in, which a held connection never reaches: run it here.
-        record = getattr(sync.connection, "_connection_record", None)
-        undo = getattr(record, "finalize_callback", None)
+        undo = undo_callbacks(sync.connection)
         if undo is None:
             return False
         while undo:
