@@ -34,6 +34,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resync.api.errors import SETUP_HINTS
 from resync.core.exceptions import ManagerError, PoolNotFoundError
 from resync.core.pools.kernel.state import PoolState
 from resync.core.pools.manager.health import HealthState
@@ -61,12 +62,6 @@ __all__ = [
     "pool_lease",
 ]
 
-_HINTS = {
-    DATABASE_POOL: "set DATABASE_URL",
-    REDIS_POOL: "set REDIS_URL (and REDIS_POOL_MIN_SIZE > 0)",
-    HTTP_POOL: "set TWS_BASE_URL",
-}
-
 
 def get_manager(request: Request) -> ConnectionPoolManager:
     """The manager the app's lifespan opened (503 if the app is not started)."""
@@ -83,8 +78,9 @@ def _pool(manager: ConnectionPoolManager, name: str) -> Any:
     try:
         return manager.pool(name)
     except PoolNotFoundError:
+        hint = SETUP_HINTS.get(name, "register it")
         raise PoolNotFoundError(
-            f"pool '{name}' is not configured in this service: {_HINTS.get(name, 'register it')}",
+            f"pool '{name}' is not configured in this service: {hint}",
             pool_name=name,
         ) from None
 

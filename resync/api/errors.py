@@ -75,6 +75,7 @@ from resync.core.pools.manager.specs import DATABASE_POOL, HTTP_POOL, REDIS_POOL
 
 __all__ = [
     "REQUEST_ID_HEADER",
+    "SETUP_HINTS",
     "ErrorAnswer",
     "RequestContextMiddleware",
     "classify",
@@ -132,7 +133,7 @@ def _unreachable(exc: BaseException) -> bool:
 _BAD_TEXT = "the request carries text that is not valid Unicode (a lone surrogate?)"
 
 #: How to turn on each pool configured from settings (fixed text, safe to send).
-_SETUP_HINTS = {
+SETUP_HINTS = {
     DATABASE_POOL: "set DATABASE_URL",
     REDIS_POOL: "set REDIS_URL (and REDIS_POOL_MIN_SIZE > 0)",
     HTTP_POOL: "set TWS_BASE_URL",
@@ -174,7 +175,7 @@ def classify(exc: BaseException, breaker_retry_after: float | None = None) -> Er
     if isinstance(exc, PoolNotInitializedError):
         return ErrorAnswer(503, "pool_not_ready", f"{where} is not open yet", 1)
     if isinstance(exc, PoolNotFoundError):
-        hint = _SETUP_HINTS.get(exc.pool_name or "", "configure or register it")
+        hint = SETUP_HINTS.get(exc.pool_name or "", "configure or register it")
         return ErrorAnswer(503, "pool_not_configured", f"{where} is not configured: {hint}", 5)
     if isinstance(exc, ManagerError):
         return ErrorAnswer(

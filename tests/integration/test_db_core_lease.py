@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,21 +19,6 @@ from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def table(admin: asyncpg.Connection) -> AsyncIterator[str]:
-    name = f"core_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f"CREATE TABLE {name} (v int)")
-    yield name
-    await admin.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def make(url: str) -> DatabaseConnectionPool:

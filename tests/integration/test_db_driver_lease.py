@@ -8,8 +8,6 @@ errors are the pool's, a hot lease sends nothing, a cold one checks first.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiosqlite
@@ -25,21 +23,6 @@ from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.db_pool import DatabaseConnectionPool
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def table(admin: asyncpg.Connection) -> AsyncIterator[str]:
-    name = f"driver_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f"CREATE TABLE {name} (v text)")
-    yield name
-    await admin.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def make(url: str, **options: Any) -> DatabaseConnectionPool:

@@ -123,11 +123,7 @@ class ConnectionPoolManager:
         the pool's "not initialized" error (503 ``pool_not_ready``) until then.
         Raises ``ManagerError`` after ``close_all()``.
         """
-        if self._shutdown:
-            raise ManagerError(
-                "Cannot initialize: the pool manager is shutdown; create a new manager "
-                "(or call reset_connection_pool_manager())"
-            )
+        self._check_not_shut()
         if self._initialized:
             self.check_loop()
             return

@@ -31,6 +31,7 @@ __all__ = [
     "client_state_broken",
     "connection_lost",
     "describe_sql_error",
+    "error_chain",
     "refused_before_sending",
     "sqlstate_of",
     "statement_error_hook",
@@ -127,7 +128,7 @@ def connection_lost(error: BaseException) -> bool:
     return isinstance(error, OSError | TimeoutError)
 
 
-def _driver_chain(error: BaseException) -> list[BaseException]:
+def error_chain(error: BaseException) -> list[BaseException]:
     """``error``, SQLAlchemy's ``orig``, and their causes and contexts."""
     found: list[BaseException] = []
     todo: list[BaseException | None] = [error]
@@ -153,7 +154,7 @@ def refused_before_sending(error: BaseException) -> bool:
     state says the connection is unusable. A ``COMMIT`` refused like that was
     never sent: nothing was committed.
     """
-    for link in _driver_chain(error):
+    for link in error_chain(error):
         kind = type(link)
         if not kind.__module__.startswith("asyncpg"):
             continue
@@ -168,7 +169,7 @@ def client_state_broken(error: BaseException) -> bool:
     """Is the driver's connection unusable on the client side (asyncpg's
     "cannot switch to state N", a closed connection)? Such an error means the
     connection was lost, whatever SQLAlchemy thinks of it."""
-    for link in _driver_chain(error):
+    for link in error_chain(error):
         kind = type(link)
         if kind.__module__.startswith("asyncpg") and (
             kind.__name__ == "InternalClientError"

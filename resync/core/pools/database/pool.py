@@ -36,7 +36,11 @@ from resync.core.exceptions import (
 from resync.core.pools.database.credentials import CredentialsProvider
 from resync.core.pools.database.driver import DriverLeases, DriverReset
 from resync.core.pools.database.engine import create_engine, ping_after
-from resync.core.pools.database.errors import client_state_broken, describe_sql_error
+from resync.core.pools.database.errors import (
+    client_state_broken,
+    describe_sql_error,
+    error_chain,
+)
 from resync.core.pools.database.release import CoreLeases, LeaseEnd
 from resync.core.pools.database.replacement import Replacement
 from resync.core.pools.database.replicas import ReadLease
@@ -546,11 +550,4 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
 
 def _carries_bad_text(error: BaseException) -> bool:
     """Is a UnicodeError (a string no driver can encode) behind ``error``?"""
-    seen: set[int] = set()
-    link: BaseException | None = error
-    while link is not None and id(link) not in seen:
-        if isinstance(link, UnicodeError):
-            return True
-        seen.add(id(link))
-        link = link.__cause__ or link.__context__
-    return False
+    return any(isinstance(link, UnicodeError) for link in error_chain(error))

@@ -173,9 +173,7 @@ class LeaseEnd:
             if held is not None:  # None: cut off by close() after the drain
                 self.stock.check_in(held, reusable)
         if failure is not None:
-            lost = connection_lost(failure)
-            sent = commit_sent and not refused_before_sending(failure)
-            self._raise_commit_failure(failure, unknown=sent and lost, lost=lost)
+            self._raise_commit_failure(failure, commit_sent=commit_sent)
 
     async def end_connection(
         self, connection: AsyncConnection, error: BaseException | None
@@ -204,9 +202,7 @@ class LeaseEnd:
         finally:
             self.stock.check_in(held, reusable)
         if failure is not None:
-            lost = connection_lost(failure)
-            sent = not refused_before_sending(failure)
-            self._raise_commit_failure(failure, unknown=sent and lost, lost=lost)
+            self._raise_commit_failure(failure, commit_sent=True)
 
     async def _roll_back_connection(
         self, connection: AsyncConnection, held: ConnectionRecord, cause: BaseException
@@ -221,12 +217,7 @@ class LeaseEnd:
             held.abort()
             return False
         if problem is not None:
-            logger.warning(
-                "pool '%s': rollback after %s failed; discarding the connection: %s",
-                self.name,
-                type(cause).__name__,
-                self.scrub(problem),
-            )
+            self._rollback_failed(cause, problem)
             return False
         return True
 
@@ -237,8 +228,11 @@ class LeaseEnd:
         else:
             self.stats.server_errors += 1
 
-    def _raise_commit_failure(self, failure: Exception, *, unknown: bool, lost: bool) -> None:
-        if unknown:
+    def _raise_commit_failure(self, failure: Exception, *, commit_sent: bool) -> None:
+        """Raise the caller's error for a failed commit step (``commit_sent``: the
+        ``COMMIT`` itself failed, not the flush before it)."""
+        lost = connection_lost(failure)
+        if lost and commit_sent and not refused_before_sending(failure):
             self.stats.connection_errors += 1
             raise DatabaseCommitUnknownError(
                 f"Database operation failed: the connection was lost during COMMIT, so the "
@@ -291,13 +285,16 @@ class LeaseEnd:
             problem = TimeoutError(f"no answer to ROLLBACK within {timeout:g}s")
         if problem is None:
             return True
+        self._rollback_failed(cause, problem)
+        return False
+
+    def _rollback_failed(self, cause: BaseException, problem: BaseException) -> None:
         logger.warning(
             "pool '%s': rollback after %s failed; discarding the connection: %s",
             self.name,
             type(cause).__name__,
             self.scrub(problem),
         )
-        return False
 
 
 class CoreLeases:

@@ -128,6 +128,11 @@ def _config(source: object, name: str, prefix: str) -> ConnectionPoolConfig:
     defaults = {**_COMMON, **_DEFAULTS[prefix]}
     for key, default in defaults.items():
         values[key.lower()] = read_setting(source, f"{prefix}_POOL_{key}", default)
+    return _config_of(source, name, values)
+
+
+def _config_of(source: object, name: str, values: dict[str, Any]) -> ConnectionPoolConfig:
+    """A pool config from the lower-case keys of :data:`_COMMON` and :data:`_DEFAULTS`."""
     return ConnectionPoolConfig(
         pool_name=name,
         min_size=values["min_size"],
@@ -222,18 +227,7 @@ def named_pool_specs(source: object) -> list[PoolSpec]:
                 values[key] = given
         if entry.min_size is None:  # a small max_size alone must not break the default min
             values["min_size"] = min(values["min_size"], values["max_size"])
-        config = ConnectionPoolConfig(
-            pool_name=name,
-            min_size=values["min_size"],
-            max_size=values["max_size"],
-            idle_timeout=values["idle_timeout"],
-            connection_timeout=values["connect_timeout"],
-            health_check_interval=values["health_check_interval"],
-            max_lifetime=values["max_lifetime"],
-            max_waiting=values["max_waiting"],
-            leak_detection_threshold=values["leak_detection_threshold"],
-            drain_timeout=read_setting(source, "POOL_DRAIN_TIMEOUT", 20.0),
-        )
+        config = _config_of(source, name, values)
         specs.append(
             PoolSpec(
                 name,
