@@ -11,8 +11,13 @@ shows:
 - ``sqlalchemy``: ``async with Session.begin() as session`` on
   ``create_async_engine(pool_size=10, max_overflow=0)`` -- the unit of work a
   resync lease is (commit on a clean exit, rollback on an error);
+- ``sqlalchemy core``: ``async with engine.connect() as conn`` on the same
+  engine, ``await conn.commit()`` at the end ("commit as you go"), the Core
+  peer of resync's ``pool.connection()``;
 - ``resync``: ``async with pool.get_connection() as session`` on a
-  ``DatabaseConnectionPool`` (``min_size = max_size = 10``).
+  ``DatabaseConnectionPool`` (``min_size = max_size = 10``); ``resync core``:
+  ``pool.connection()`` (Core ``AsyncConnection``); ``resync driver``:
+  ``pool.driver_connection()`` (the ``asyncpg.Connection``, autocommit).
 
 Every connection runs with ``synchronous_commit = off`` (all four sides):
 a commit then does not wait for the WAL to reach the disk, so the figures
@@ -22,7 +27,11 @@ whatever else runs on the machine.
 Workloads: ``SELECT 1``; a read-modify-write transaction (``SELECT n ... FOR
 UPDATE`` then ``UPDATE`` of one of ``COUNTER_ROWS`` counter rows, chosen at
 random, committed); and the lease alone (check out, yield once to the loop,
-check in -- whatever I/O each pool does on its own for that).
+check in -- whatever I/O each pool does on its own for that; for
+``sqlalchemy`` an empty ``Session.begin()``, which checks out nothing).
+
+:mod:`benchmarks.pg_roundtrips` counts the round trips of every row here on
+the wire (a counting proxy in front of these same pools).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ IMPLS = (
     "asyncpg no-reset",
     "psycopg_pool",
     "sqlalchemy",
+    "sqlalchemy core",
     "resync",
     "resync driver",
     "resync core",
@@ -85,11 +95,12 @@ def _plain_dsn(url: str) -> str:
 class Peers:
     """The four pools, opened on the running loop, and their operations."""
 
-    def __init__(self) -> None:
-        dsn = _plain_dsn(PG_URL)
+    def __init__(self, url: str = PG_URL) -> None:
+        """Every pool to ``url`` (a SQLAlchemy URL; the round-trip count passes its proxy)."""
+        dsn = _plain_dsn(url)
         self.dsn = dsn
         self.engine = create_async_engine(
-            PG_URL,
+            url,
             pool_size=POOL_SIZE,
             max_overflow=0,
             pool_timeout=TIMEOUT,
@@ -111,7 +122,7 @@ class Peers:
                 max_size=POOL_SIZE,
                 connection_timeout=TIMEOUT,
             ),
-            PG_URL,
+            url,
             connect_args={"server_settings": SERVER_SETTINGS},
         )
         self.asyncpg: Any = None
@@ -169,6 +180,7 @@ class Peers:
 
     def select_one(self) -> dict[str, Op]:
         apg, pg3, sessions, pool = self.asyncpg, self.psycopg, self.sessions, self.resync
+        engine = self.engine
         bare = self.asyncpg_bare
 
         async def via_asyncpg() -> object:
@@ -183,6 +195,12 @@ class Peers:
         async def via_sqlalchemy() -> object:
             async with sessions.begin() as session:
                 return (await session.execute(_SELECT_1)).scalar()
+
+        async def via_sqlalchemy_core() -> object:
+            async with engine.connect() as conn:
+                value = (await conn.execute(_SELECT_1)).scalar()
+                await conn.commit()
+                return value
 
         async def via_resync() -> object:
             async with pool.get_connection() as session:
@@ -205,6 +223,7 @@ class Peers:
             via_asyncpg_bare,
             via_psycopg,
             via_sqlalchemy,
+            via_sqlalchemy_core,
             via_resync,
             via_resync_driver,
             via_resync_core,
@@ -214,6 +233,7 @@ class Peers:
 
     def read_modify_write(self) -> dict[str, Op]:
         apg, pg3, sessions, pool = self.asyncpg, self.psycopg, self.sessions, self.resync
+        engine = self.engine
         bare = self.asyncpg_bare
         pick = random.randrange
         select_sql = f"SELECT n FROM {TABLE} WHERE id = $1 FOR UPDATE"
@@ -240,6 +260,14 @@ class Peers:
             async with sessions.begin() as session:
                 n = (await session.execute(_SELECT_FOR_UPDATE, {"id": key})).scalar_one()
                 return await session.execute(_UPDATE, {"id": key, "n": n + 1})
+
+        async def via_sqlalchemy_core() -> object:
+            key = pick(COUNTER_ROWS)
+            async with engine.connect() as conn:
+                n = (await conn.execute(_SELECT_FOR_UPDATE, {"id": key})).scalar_one()
+                result = await conn.execute(_UPDATE, {"id": key, "n": n + 1})
+                await conn.commit()
+                return result
 
         async def via_resync() -> object:
             key = pick(COUNTER_ROWS)
@@ -270,6 +298,7 @@ class Peers:
             via_asyncpg_bare,
             via_psycopg,
             via_sqlalchemy,
+            via_sqlalchemy_core,
             via_resync,
             via_resync_driver,
             via_resync_core,
@@ -279,7 +308,7 @@ class Peers:
 
     def lease_only(self) -> dict[str, Op]:
         apg, pg3, engine, pool = self.asyncpg, self.psycopg, self.engine, self.resync
-        bare = self.asyncpg_bare
+        bare, sessions = self.asyncpg_bare, self.sessions
         yield_once = asyncio.sleep
 
         async def via_asyncpg() -> None:
@@ -291,6 +320,10 @@ class Peers:
                 await yield_once(0)
 
         async def via_sqlalchemy() -> None:
+            async with sessions.begin():
+                await yield_once(0)
+
+        async def via_sqlalchemy_core() -> None:
             async with engine.connect():
                 await yield_once(0)
 
@@ -315,6 +348,7 @@ class Peers:
             via_asyncpg_bare,
             via_psycopg,
             via_sqlalchemy,
+            via_sqlalchemy_core,
             via_resync,
             via_resync_driver,
             via_resync_core,
