@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+from resync.core.deadlines import Deadline, current_deadline, deadline, time_left
+
+__all__ = ["Deadline", "__version__", "current_deadline", "deadline", "time_left"]
 
 __version__ = "0.1.0"

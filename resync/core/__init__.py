@@ -1,1 +1,5 @@
-"""Core of resync: errors, metrics, resilience and the pools."""
+"""Core of resync: errors, metrics, resilience, deadlines and the pools."""
+
+from resync.core.deadlines import Deadline, current_deadline, deadline, time_left
+
+__all__ = ["Deadline", "current_deadline", "deadline", "time_left"]

@@ -11,8 +11,10 @@ The tree::
     ├── ConfigurationError (ValueError)        bad settings or pool config
     │   ├── SettingsError                        an environment variable broke a rule
     │   └── PoolConfigError                      a ConnectionPoolConfig field broke a rule
+    ├── InvalidPriorityError (ValueError)       a lease priority other than critical/default/sheddable
     ├── PoolError                                anything a pool refuses; has .pool_name
     │   ├── PoolTimeoutError (TimeoutError)      no connection within connection_timeout
+    │   ├── DeadlineExceededError (TimeoutError) the caller's resync.deadline() ran out
     │   ├── PoolClosedError                      lease after close(): "... is shutdown"
     │   ├── PoolNotInitializedError              lease before initialize()
     │   ├── PoolOverloadedError                  max_waiting reached: shed at once
@@ -25,6 +27,7 @@ The tree::
     ├── ResourceBroken                           a pooled resource is unusable: the pool closes it
     ├── DatabaseError                            seed family: SQL databases and Redis
     │   ├── DatabasePoolTimeoutError   (+ PoolTimeoutError)
+    │   ├── DatabaseDeadlineExceededError (+ DeadlineExceededError)
     │   ├── DatabasePoolClosedError    (+ PoolClosedError)
     │   ├── DatabasePoolNotInitializedError (+ PoolNotInitializedError)
     │   ├── DatabasePoolOverloadedError (+ PoolOverloadedError)
@@ -34,8 +37,10 @@ The tree::
     │   ├── DatabaseConnectionLostError (ConnectionError) the connection broke during a lease
     │   ├── DatabaseInvalidTextError (UnicodeError) a value no driver can encode (lone surrogate)
     │   ├── DatabaseCommitUnknownError           connection lost during COMMIT: outcome unknown
+    │   ├── DatabaseSandboxError                 a test sandbox cannot run this lease or statement
     │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
     │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
+    │       ├── RedisDeadlineExceededError (+ DeadlineExceededError)
     │       ├── RedisPoolClosedError   (+ PoolClosedError)
     │       ├── RedisPoolNotInitializedError (+ PoolNotInitializedError)
     │       ├── RedisPoolOverloadedError (+ PoolOverloadedError)
@@ -43,6 +48,7 @@ The tree::
     │       └── RedisSetupError        (+ PoolSetupError)
     └── TWSConnectionError                       seed family: upstream HTTP APIs
         ├── HTTPPoolTimeoutError       (+ PoolTimeoutError)
+        ├── HTTPDeadlineExceededError  (+ DeadlineExceededError)
         ├── HTTPPoolClosedError        (+ PoolClosedError)
         ├── HTTPPoolNotInitializedError (+ PoolNotInitializedError)
         ├── HTTPPoolOverloadedError    (+ PoolOverloadedError)
@@ -74,17 +80,21 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
     "DatabaseCommitUnknownError",
+    "DatabaseDeadlineExceededError",
     "DatabaseError",
     "DatabaseInvalidTextError",
     "DatabasePoolClosedError",
     "DatabasePoolNotInitializedError",
     "DatabasePoolOverloadedError",
     "DatabasePoolTimeoutError",
+    "DatabaseSandboxError",
     "DatabaseSetupError",
     "DatabaseStatementTimeoutError",
     "DatabaseUnavailableError",
+    "DeadlineExceededError",
     "ErrorFamily",
     "HTTPConnectError",
+    "HTTPDeadlineExceededError",
     "HTTPPoolClosedError",
     "HTTPPoolNotInitializedError",
     "HTTPPoolOverloadedError",
@@ -94,6 +104,7 @@ __all__ = [
     "HTTPStatusError",
     "HTTPTimeoutError",
     "HTTPUnavailableError",
+    "InvalidPriorityError",
     "ManagerError",
     "ManagerStartError",
     "PoolClosedError",
@@ -104,6 +115,7 @@ __all__ = [
     "PoolOverloadedError",
     "PoolSetupError",
     "PoolTimeoutError",
+    "RedisDeadlineExceededError",
     "RedisPoolClosedError",
     "RedisPoolError",
     "RedisPoolNotInitializedError",
@@ -160,6 +172,10 @@ class PoolConfigError(ConfigurationError):
 # --- generic pool errors -----------------------------------------------------
 
 
+class InvalidPriorityError(ResyncError, ValueError):
+    """A lease asked for a priority that is not ``critical``, ``default`` or ``sheddable``."""
+
+
 class PoolError(ResyncError):
     """A pool refused or could not complete a lease, a setup or a close."""
 
@@ -168,6 +184,20 @@ class PoolTimeoutError(PoolError, TimeoutError):
     """No connection became free within ``connection_timeout``.
 
     Also a builtin :class:`TimeoutError` (and so an ``asyncio.TimeoutError``).
+    """
+
+
+class DeadlineExceededError(PoolError, TimeoutError):
+    """The caller's deadline (``resync.deadline()``, a request's
+    ``X-Request-Timeout``) ran out before or during a lease -- not the pool.
+
+    Raised at once for a lease attempted after the deadline passed, when the
+    wait or connect it capped ran out, and for a call on a leased connection
+    cut off at the deadline (that connection is discarded, never reused; a
+    database lease cut off so commits nothing). Not a
+    :class:`PoolTimeoutError`: the pool was not too small, the caller was out
+    of time. Also a builtin :class:`TimeoutError`; the service answers 504
+    ``deadline_exceeded``.
     """
 
 
@@ -224,6 +254,10 @@ class DatabaseError(ResyncError):
 
 class DatabasePoolTimeoutError(DatabaseError, PoolTimeoutError):
     """A database pool had no free connection within ``connection_timeout``."""
+
+
+class DatabaseDeadlineExceededError(DatabaseError, DeadlineExceededError):
+    """A database lease or statement ran out of the caller's deadline."""
 
 
 class DatabasePoolClosedError(DatabaseError, PoolClosedError):
@@ -283,6 +317,18 @@ class DatabaseCommitUnknownError(DatabaseError):
     """
 
 
+class DatabaseSandboxError(DatabaseError):
+    """A test sandbox (``resync.testing``) cannot run this lease or statement.
+
+    Raised for a driver the sandbox does not support, a pool in AUTOCOMMIT
+    mode, a statement that cannot run inside a transaction block (``CREATE
+    INDEX CONCURRENTLY``, ``VACUUM``, ``CREATE DATABASE``), a commit of the
+    sandbox's own outer transaction, a sandbox whose connection broke, and a
+    lease after the sandbox's test ended. The message names the pool and the
+    way out (usually ``resync.testing.outside_sandbox()``).
+    """
+
+
 # --- Redis family (a DatabaseError, as in the seed) ----------------------------
 
 
@@ -292,6 +338,10 @@ class RedisPoolError(DatabaseError):
 
 class RedisPoolTimeoutError(RedisPoolError, PoolTimeoutError):
     """A Redis pool had no free connection within ``connection_timeout``."""
+
+
+class RedisDeadlineExceededError(RedisPoolError, DeadlineExceededError):
+    """A Redis lease or command ran out of the caller's deadline."""
 
 
 class RedisPoolClosedError(RedisPoolError, PoolClosedError):
@@ -341,6 +391,10 @@ class HTTPPoolTimeoutError(TWSConnectionError, PoolTimeoutError):
     """An HTTP pool had no free lease within ``connection_timeout``."""
 
 
+class HTTPDeadlineExceededError(TWSConnectionError, DeadlineExceededError):
+    """An HTTP lease or upstream request ran out of the caller's deadline."""
+
+
 class HTTPPoolClosedError(TWSConnectionError, PoolClosedError):
     """An HTTP pool is shut down."""
 
@@ -386,6 +440,7 @@ class ErrorFamily:
 
     The base pool raises ``family.timeout`` on an acquire timeout, and so on,
     so each backend's errors stay catchable both by family and by kind.
+    ``deadline`` is raised when the caller's ``resync.deadline()`` ran out.
     """
 
     base: type[ResyncError]
@@ -395,6 +450,7 @@ class ErrorFamily:
     overloaded: type[PoolOverloadedError]
     unavailable: type[BackendUnavailableError]
     setup: type[PoolSetupError]
+    deadline: type[DeadlineExceededError] = DeadlineExceededError
 
 
 GENERIC_ERRORS = ErrorFamily(
@@ -415,6 +471,7 @@ DATABASE_ERRORS = ErrorFamily(
     overloaded=DatabasePoolOverloadedError,
     unavailable=DatabaseUnavailableError,
     setup=DatabaseSetupError,
+    deadline=DatabaseDeadlineExceededError,
 )
 
 REDIS_ERRORS = ErrorFamily(
@@ -425,6 +482,7 @@ REDIS_ERRORS = ErrorFamily(
     overloaded=RedisPoolOverloadedError,
     unavailable=RedisUnavailableError,
     setup=RedisSetupError,
+    deadline=RedisDeadlineExceededError,
 )
 
 HTTP_ERRORS = ErrorFamily(
@@ -435,4 +493,5 @@ HTTP_ERRORS = ErrorFamily(
     overloaded=HTTPPoolOverloadedError,
     unavailable=HTTPUnavailableError,
     setup=HTTPSetupError,
+    deadline=HTTPDeadlineExceededError,
 )

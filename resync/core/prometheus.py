@@ -26,6 +26,7 @@ db_client_connection_use_time_seconds          hist   time a lease was held
 resync_pool_leases_total                       count  leases granted
 resync_pool_errors_total                       count  backend errors
 resync_pool_overloads_total                    count  leases shed by max_waiting
+resync_pool_deadline_exceeded_total            count  leases out of the caller's deadline
 resync_pool_connection_creations_total         count  driver connections opened
 resync_pool_connection_closures_total          count  driver connections closed
 resync_pool_leaks_total                        count  leases held past the threshold
@@ -136,6 +137,10 @@ class PoolCollector(Collector):
                 "Errors the server answered with (bad SQL, constraint, error reply, HTTP 5xx).",
             ),
             "pool_overloads": ("resync_pool_overloads", "Leases refused at once (max_waiting)."),
+            "deadline_exceeded": (
+                "resync_pool_deadline_exceeded",
+                "Leases that ran out of the caller's deadline (resync.deadline).",
+            ),
             "connection_creations": ("resync_pool_connection_creations", "Connections opened."),
             "connection_closures": ("resync_pool_connection_closures", "Connections closed."),
             "leaks_detected": ("resync_pool_leaks", "Leases held past the leak threshold."),

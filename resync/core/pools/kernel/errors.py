@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from resync.core.exceptions import (
     BackendUnavailableError,
+    DeadlineExceededError,
     ErrorFamily,
     PoolClosedError,
     PoolError,
@@ -22,6 +23,7 @@ from resync.core.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from resync.core.deadlines import Deadline
     from resync.core.pools.kernel.admission import AdmissionGate
     from resync.core.pools.kernel.config import ConnectionPoolConfig
     from resync.core.pools.kernel.stats import ConnectionPoolStats
@@ -139,6 +141,17 @@ class PoolErrorMessages:
             pool_name=self.name,
         )
 
+    def _deadline_error(self: _ErrorHost, deadline: Deadline, stage: str) -> DeadlineExceededError:
+        """The family's deadline error: ``stage`` says where the time ran out
+        ("before the lease", "while waiting for a connection", "during the lease")."""
+        return self.errors.deadline(
+            f"Deadline exceeded {stage} on pool '{self.name}': the caller's deadline "
+            f"({deadline.describe()}) ran out, not the pool (connection_timeout "
+            f"{self.config.connection_timeout:g}s). Give the caller more time "
+            "(resync.deadline(), X-Request-Timeout) or do less within it",
+            pool_name=self.name,
+        )
+
     def _closed_error(self: _ErrorHost) -> PoolClosedError:
         return self.errors.closed(
             f"Pool '{self.name}' is shutdown and accepts no new leases; "
@@ -153,10 +166,26 @@ class PoolErrorMessages:
             pool_name=self.name,
         )
 
-    def _overloaded_error(self: _ErrorHost) -> PoolOverloadedError:
+    def _overloaded_error(self: _ErrorHost, reason: str | None = None) -> PoolOverloadedError:
+        """The lease was refused at once; ``reason`` is the gate's (``AdmissionGate.refusal``)."""
+        if reason is None:
+            reason = (
+                f"{self.gate.waiting} callers already waiting (max_waiting="
+                f"{self.config.max_waiting}); retry later or raise max_waiting/max_size"
+            )
         return self.errors.overloaded(
-            f"Pool '{self.name}' overloaded: {self.gate.waiting} callers already waiting "
-            f"(max_waiting={self.config.max_waiting}); retry later or raise max_waiting/max_size",
+            f"Pool '{self.name}' overloaded: {reason}", pool_name=self.name
+        )
+
+    def _dropped_error(self: _ErrorHost, waited: float) -> PoolOverloadedError:
+        """Queue management failed a queued lease after ``waited`` seconds."""
+        gate = self.gate
+        return self.errors.overloaded(
+            f"Pool '{self.name}' overloaded: dropped from the queue after waiting {waited:.3f}s "
+            f"(queue management: no queued caller got a connection within "
+            f"queue_target={gate.queue_target:g}s for a whole queue_interval="
+            f"{gate.queue_interval:g}s; {gate.waiting} still waiting); retry later, or raise "
+            "max_size or queue_target",
             pool_name=self.name,
         )
 

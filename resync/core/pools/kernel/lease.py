@@ -18,7 +18,11 @@ twice as much per lease. The rules it keeps:
   (:mod:`resync.core.pools.kernel.leak_watch`); at 0 that costs one test per side;
 - lease observers (:mod:`resync.core.pools.kernel.observe`) are told about every
   lease when it ends, granted or not; with none registered that costs one test
-  of a tuple per lease, and the error paths only.
+  of a tuple per lease, and the error paths only;
+- the caller's ``resync.deadline()`` caps the acquire timeout, refuses a lease
+  once it passed, and bounds the calls on the leased connection
+  (:mod:`resync.core.pools.kernel.deadlines`); with none set that costs one
+  contextvar read and one test per side.
 """
 
 from __future__ import annotations
@@ -31,13 +35,19 @@ from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
+from resync.core.deadlines import DEADLINE
+from resync.core.exceptions import DeadlineExceededError
 from resync.core.pools.kernel import observe
-from resync.core.pools.kernel.admission import CLOSED, GRANTED
+from resync.core.pools.kernel.admission import CLOSED, DEFAULT, DROPPED, GRANTED, Priority
+from resync.core.pools.kernel.deadlines import LeaseDeadline, Settled, out_of_time
 from resync.core.pools.kernel.leak_watch import LeakWatch
 from resync.core.pools.kernel.state import PoolState
 from resync.core.resilience import BreakerState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from resync.core.deadlines import Deadline
     from resync.core.exceptions import (
         BackendUnavailableError,
         PoolClosedError,
@@ -68,6 +78,7 @@ class LeaseState(enum.Enum):
 _NEW, _HELD, _DONE = LeaseState.NEW, LeaseState.HELD, LeaseState.DONE
 _READY = PoolState.READY
 _OPEN = BreakerState.OPEN
+_UNRELATED, _ENDED = Settled.UNRELATED, Settled.ENDED
 
 
 class LeaseHost(Protocol[T]):
@@ -100,8 +111,14 @@ class LeaseHost(Protocol[T]):
     def state(self) -> PoolState: ...
     def check_usable(self) -> None: ...
     def _unavailable_error(self) -> BackendUnavailableError: ...
-    def _overloaded_error(self) -> PoolOverloadedError: ...
+    def _overloaded_error(self, reason: str | None = None) -> PoolOverloadedError: ...
+    def _dropped_error(self, waited: float) -> PoolOverloadedError: ...
     def _closed_error(self) -> PoolClosedError: ...
+    def _deadline_error(self, deadline: Deadline, stage: str) -> DeadlineExceededError: ...
+    def _bind_deadline(
+        self, connection: Any, deadline: Deadline
+    ) -> Callable[[], object] | None: ...
+    def _is_backend_failure(self, error: BaseException) -> bool: ...
     def _timeout_error(
         self, waited: float, cause: BaseException | None = None
     ) -> PoolTimeoutError: ...
@@ -138,13 +155,31 @@ class Lease(Generic[T]):
     is cancelled. A ``Lease`` object is single-use.
     """
 
-    __slots__ = ("_conn", "_granted_at", "_kind", "_leak", "_pool", "_started", "_state")
+    __slots__ = (
+        "_conn",
+        "_deadline",
+        "_granted_at",
+        "_kind",
+        "_leak",
+        "_pool",
+        "_priority",
+        "_started",
+        "_state",
+    )
 
-    def __init__(self, pool: LeaseHost[Any], kind: LeaseKind[T] | None = None) -> None:
+    def __init__(
+        self,
+        pool: LeaseHost[Any],
+        kind: LeaseKind[T] | None = None,
+        priority: Priority = DEFAULT,
+    ) -> None:
         self._pool = pool
         self._kind = kind  # None: the pool's own kind (its _acquire/_release hooks)
+        # Read only on the waiting path (who is refused first under overload).
+        self._priority = priority
         self._state = _NEW
         self._leak: LeakWatch | None = None
+        self._deadline: LeaseDeadline | None = None
 
     @property
     def pool(self) -> LeaseHost[T]:
@@ -167,6 +202,14 @@ class Lease(Generic[T]):
                 _refused(pool, perf_counter(), exc)
                 raise
         stats = pool.stats
+        # The caller's resync.deadline(): one contextvar read when none is set
+        # (the rules: resync.core.pools.kernel.deadlines).
+        deadline = DEADLINE.get()
+        if deadline is not None and out_of_time(deadline):
+            stats.pool_misses += 1
+            stats.deadline_exceeded += 1
+            await asyncio.sleep(0)  # fail fast, but let the loop run (see below)
+            raise _refused(pool, perf_counter(), pool._deadline_error(deadline, "before the lease"))
         breaker = pool.circuit_breaker
         if breaker is not None and not breaker.allow():
             stats.pool_misses += 1
@@ -178,16 +221,21 @@ class Lease(Generic[T]):
         gate = pool._gate
         start = perf_counter()
         timeout = pool.config.connection_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline.remaining())
         if not gate.try_acquire():
-            if gate.is_full():
+            # The waiting path: max_waiting (by priority) and queue management.
+            priority = self._priority
+            reason = gate.refusal(priority)
+            if reason is not None:
                 stats.pool_misses += 1
                 stats.pool_overloads += 1
                 await asyncio.sleep(0)  # shed at once, but let the loop run (see above)
-                raise _refused(pool, start, pool._overloaded_error())
+                raise _refused(pool, start, pool._overloaded_error(reason))
             stats.pool_waits += 1
             stats.waiting_connections += 1
             try:
-                outcome = await gate.wait(timeout)
+                outcome = await gate.wait(timeout, priority)
             except BaseException as exc:
                 stats.pool_misses += 1
                 _refused(pool, start, exc)
@@ -198,6 +246,13 @@ class Lease(Generic[T]):
                 stats.pool_misses += 1
                 if outcome is CLOSED:
                     raise _refused(pool, start, pool._closed_error())
+                if outcome is DROPPED:
+                    stats.pool_overloads += 1
+                    raise _refused(pool, start, pool._dropped_error(perf_counter() - start))
+                if deadline is not None and out_of_time(deadline):
+                    stats.deadline_exceeded += 1
+                    stage = "while waiting for a connection"
+                    raise _refused(pool, start, pool._deadline_error(deadline, stage))
                 stats.pool_exhaustions += 1
                 raise _refused(pool, start, pool._timeout_error(perf_counter() - start))
             if breaker is not None and breaker.state is _OPEN:
@@ -215,12 +270,21 @@ class Lease(Generic[T]):
         except BaseException as exc:
             gate.release()
             stats.pool_misses += 1
+            if deadline is not None and isinstance(exc, TimeoutError) and out_of_time(deadline):
+                # Connecting or validating ran out of the caller's time: no
+                # pool_exhaustions and no breaker outcome (the backend did nothing wrong).
+                stats.deadline_exceeded += 1
+                cut = pool._deadline_error(deadline, "while connecting")
+                raise_mapped(_refused(pool, start, cut), exc)
             mapped = pool._on_acquire_error(exc, perf_counter() - start)
             _refused(pool, start, mapped)
             if mapped is exc:
                 raise
             raise_mapped(mapped, exc)
         self._conn = conn
+        if deadline is not None:
+            abort = pool._bind_deadline(conn, deadline)
+            self._deadline = LeaseDeadline(deadline, abort, asyncio.get_running_loop())
         self._state = _HELD
         self._started = start
         now = self._granted_at = perf_counter()
@@ -261,6 +325,12 @@ class Lease(Generic[T]):
         held = perf_counter() - self._granted_at
         failed_release: BaseException | None = None
         kind = self._kind
+        bound = self._deadline
+        shown: BaseException | None = None  # the deadline's error, raised to the caller
+        caller_exc = exc
+        if bound is not None:
+            self._deadline = None
+            exc, shown = _settle(pool, kind, bound, exc)
         try:
             try:
                 if kind is not None:
@@ -276,9 +346,12 @@ class Lease(Generic[T]):
                 failed_release = error  # e.g. a COMMIT on a connection that broke
                 raise
             finally:
+                if bound is not None:
+                    bound.stop()  # after the release: its COMMIT/ROLLBACK was bounded too
                 pool.stats.active_connections -= 1
                 pool.use_histogram.observe(held)
-                if pool.circuit_breaker is not None:
+                if pool.circuit_breaker is not None and (bound is None or not bound.fired):
+                    # (A connection cut off at the caller's deadline says nothing of the backend.)
                     pool._record_outcome(exc, failed_release)
                 pool._gate.release()
                 if self._leak is not None:
@@ -290,6 +363,10 @@ class Lease(Generic[T]):
             raise
         if observe.observers:
             self._ended(exc, held)
+        if shown is not None:
+            if caller_exc is None:
+                raise shown  # a clean exit after the cut: nothing was committed
+            raise_mapped(shown, caller_exc)
         if exc is not None:
             mapped = pool._map_error(exc) if kind is None else kind.map_error(exc)
             if mapped is not exc:
@@ -311,6 +388,32 @@ def raise_mapped(mapped: BaseException, original: BaseException) -> NoReturn:
     except BaseException as raised:
         raised.__context__ = None  # a bare ``raise`` below keeps it cleared
         raise
+
+
+def _settle(
+    pool: LeaseHost[Any],
+    kind: LeaseKind[Any] | None,
+    bound: LeaseDeadline,
+    exc: BaseException | None,
+) -> tuple[BaseException | None, BaseException | None]:
+    """How a lease with a deadline ends: (the error its release, breaker and
+    observers are told, the deadline error raised to the caller or ``None``).
+
+    See :mod:`resync.core.pools.kernel.deadlines` for the rules.
+    """
+    map_error = pool._map_error if kind is None else kind.map_error
+    settled = bound.settle(exc, pool._is_backend_failure, map_error)
+    if settled is _UNRELATED:
+        return exc, None
+    pool.stats.deadline_exceeded += 1
+    if isinstance(exc, DeadlineExceededError):
+        return exc, None  # already the deadline's error: raised as it is
+    cut = pool._deadline_error(bound.deadline, "during the lease")
+    if settled is not _ENDED:
+        return cut, None  # cut off, but the body's own error propagates
+    if exc is not None:
+        cut.hides_cause = bool(getattr(map_error(exc), "hides_cause", False))
+    return cut, cut
 
 
 def _refused(pool: LeaseHost[T], started: float, error: BaseException) -> BaseException:

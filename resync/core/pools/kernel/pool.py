@@ -25,16 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
+from resync.core.deadlines import Deadline
 from resync.core.exceptions import (
     GENERIC_ERRORS,
     ErrorFamily,
+    InvalidPriorityError,
     PoolConfigError,
     ResyncError,
 )
 from resync.core.metrics import Histogram
-from resync.core.pools.kernel.admission import AdmissionGate
+from resync.core.pools.kernel.adaptive import AdaptiveLimit, LeaseTimeFeed
+from resync.core.pools.kernel.admission import DEFAULT, AdmissionGate, Priority, PriorityName
 from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.errors import PoolErrorMessages
 from resync.core.pools.kernel.health import HealthResult, PoolHealthChecks
@@ -96,7 +100,14 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         self.wait_histogram = Histogram()
         self.use_histogram = Histogram()
         self.circuit_breaker: CircuitBreaker | None = None
-        self._gate = AdmissionGate(config.max_size, config.max_waiting)
+        self._gate = AdmissionGate(
+            config.max_size,
+            config.max_waiting,
+            queue_target=config.queue_target or 0.0,
+            queue_interval=config.queue_interval or 0.0,
+        )
+        #: With ``config.adaptive_limit``: the Gradient2 limit, made by ``initialize()``.
+        self.adaptive_limit: AdaptiveLimit | None = None
         self._state = PoolState.NEW
         # The seed's flags: _initialized = initialize() has succeeded once;
         # _shutdown = close() has begun (the lifecycle itself is ``_state``).
@@ -195,6 +206,8 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
                 await self._discard_partial_setup()
                 raise self._closed_error()
             self._loop = loop
+            if self.config.adaptive_limit and self.adaptive_limit is None:
+                self._start_adaptive_limit()
             self._state = PoolState.READY
             self._initialized = True
             logger.info(
@@ -277,18 +290,40 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
 
     # --- leasing ---------------------------------------------------------------
 
-    def get_connection(self) -> Lease[ConnectionType]:
+    def get_connection(self, priority: Priority | PriorityName = DEFAULT) -> Lease[ConnectionType]:
         """Lease one connection: ``async with pool.get_connection() as conn``.
 
         Waits at most ``config.connection_timeout`` (queue plus connect) and
         raises the family's timeout error otherwise -- a ``TimeoutError`` whose
         message starts "Timeout acquiring connection from pool '<name>'".
         Waiters are served strictly first come, first served. With
-        ``max_waiting`` set and reached, fails at once with the overloaded error.
+        ``max_waiting`` set and reached, or queue management shedding load
+        (``queue_target``), fails with the family's overloaded error
+        (``PoolOverloadedError``: 503 + ``Retry-After`` through the service).
+        ``priority`` -- ``"critical"``, ``"default"`` or ``"sheddable"``
+        (:class:`~resync.core.pools.kernel.admission.Priority`) -- decides who
+        is refused first under overload, never the order of service; any other
+        value raises :class:`~resync.core.exceptions.InvalidPriorityError`.
         Cancellation at any point frees the slot; leaving the block returns the
         connection even if the block raised.
         """
-        return Lease(self)
+        if priority is DEFAULT:
+            return Lease(self)
+        return Lease(self, None, self.priority_of(priority))
+
+    def priority_of(self, priority: object) -> Priority:
+        """``priority`` as a :class:`Priority`; :class:`InvalidPriorityError` naming
+        this pool if it is not ``critical``, ``default`` or ``sheddable``."""
+        if isinstance(priority, str):
+            try:
+                return Priority(priority)
+            except ValueError:
+                pass
+        raise InvalidPriorityError(
+            f"Pool '{self.name}': priority must be 'critical', 'default' or 'sheddable' "
+            f"(resync.core.pools.Priority), got {priority!r}",
+            pool_name=self.name,
+        )
 
     def check_usable(self) -> None:
         """Raise the family's error unless the pool is ready and on the current loop.
@@ -333,7 +368,10 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
         surplus idle connections. Raises ``PoolConfigError`` for invalid sizes.
         """
         self.config = self.config.replace(min_size=min_size, max_size=max_size)
-        self._gate.resize(self._admission_capacity(max_size))
+        if self.adaptive_limit is not None:
+            self.adaptive_limit.set_bounds(max(min_size, 1), self._admission_capacity(max_size))
+        else:
+            self._gate.resize(self._admission_capacity(max_size))
         await self._apply_resize()
         logger.info("pool '%s' resized to min=%d max=%d", self.name, min_size, max_size)
 
@@ -374,9 +412,31 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
             wait_time_p99=self.wait_histogram.quantile(0.99),
             leases_abandoned=self.leases_abandoned,
             circuit_breaker=breaker.snapshot() if breaker is not None else None,
+            admission=self._admission_snapshot(),
             details=self._details(),
         )
         return data
+
+    def _admission_snapshot(self) -> dict[str, Any]:
+        """Queue management, refusals by priority and the adaptive limit (or None)."""
+        data = self._gate.snapshot()
+        limit = self.adaptive_limit
+        data["adaptive"] = limit.snapshot() if limit is not None else None
+        return data
+
+    def _start_adaptive_limit(self) -> None:
+        """Put the Gradient2 limit in charge of the gate's capacity (``initialize()``).
+
+        Made after setup so that the capacity the backend grants (SQLite in
+        memory: 1; a ResourcePool's overflow) is the ceiling. The lease times
+        reach it through the use-time histogram (:class:`LeaseTimeFeed`).
+        """
+        gate = self._gate
+        ceiling = gate.capacity
+        limit = AdaptiveLimit(gate, max(1, min(self.config.min_size, ceiling)), ceiling)
+        self.adaptive_limit = limit
+        feed = LeaseTimeFeed(limit)
+        self.use_histogram = feed
 
     # --- hooks --------------------------------------------------------------------
 
@@ -440,6 +500,18 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
     def _map_error(self, error: BaseException) -> BaseException:
         """Translate a backend error to the family; return ``error`` to leave it."""
         return error
+
+    def _bind_deadline(self, connection: Any, deadline: Deadline) -> Callable[[], object] | None:
+        """A lease got ``connection`` (of any of its kinds) inside ``deadline``.
+
+        Bound the calls made on it by the time left, and/or return an
+        *abort*: a callable with no ``await`` the lease runs at the deadline
+        to cut the connection off (what is in flight on it then fails, and
+        the lease ends with the deadline error, discarding the connection).
+        ``None`` (the default): nothing to bound, or the backend bounds its
+        calls itself. See :mod:`resync.core.pools.kernel.deadlines`.
+        """
+        return None
 
     def _is_backend_failure(self, error: BaseException) -> bool:
         """Does ``error`` say the backend is failing (feeds the circuit breaker)?

@@ -36,6 +36,9 @@ class ConnectionPoolStats:
       with every slot taken.
     - ``pool_overloads``: leases refused at once because ``max_waiting`` callers
       were already queued.
+    - ``deadline_exceeded``: leases that ran out of the caller's deadline
+      (``resync.deadline()``): refused at once, out of time queueing or
+      connecting, or cut off during the lease (not ``pool_exhaustions``).
     - ``connection_errors``: failures to open or keep a connection -- connect
       refused, reset or timed out without an answer, a connection lost under
       a lease, a validation that failed -- on every backend.
@@ -56,6 +59,7 @@ class ConnectionPoolStats:
     pool_waits: int = 0
     pool_exhaustions: int = 0
     pool_overloads: int = 0
+    deadline_exceeded: int = 0
     connection_errors: int = 0
     server_errors: int = 0
     connection_creations: int = 0
