@@ -2,8 +2,10 @@
 
 ``pg_terminate_backend`` of every connection of the pool, then a lease 0, 1
 and 5 ms later, many times. The session (``get_connection``) and Core
-(``connection``) leases validate at checkout with the transaction's own
-``BEGIN``, so no caller sees the death. The driver lease trusts a connection
+(``connection``) leases trust a hot connection too, and send its ``BEGIN``
+with the first statement; when that ``BEGIN`` finds the connection dead the
+lease continues on a new one, so no caller sees the death (and with
+``check="always"`` the ``BEGIN`` at checkout hides it). The driver lease trusts a connection
 used in the last 0.5 s (no round trip): its first statement may fail, always
 as the retry-safe ``DatabaseConnectionLostError`` (documented; the window's
 price), and the pool recovers at once.
@@ -35,12 +37,14 @@ async def kill_all(admin: asyncpg.Connection, pool: DatabaseConnectionPool) -> N
     )
 
 
+@pytest.mark.parametrize("check", ["window", "always"])
 @pytest.mark.parametrize("kind", ["session", "core"])
 async def test_session_and_core_leases_never_see_a_backend_killed_before_checkout(
-    kind: str, pg_url: str, pg_admin: asyncpg.Connection
+    kind: str, check: str, pg_url: str, pg_admin: asyncpg.Connection
 ) -> None:
     config = ConnectionPoolConfig(pool_name=f"killed-{kind}", min_size=2, max_size=2)
-    async with DatabaseConnectionPool(config, pg_url, circuit_breaker=False) as pool:
+    pool = DatabaseConnectionPool(config, pg_url, circuit_breaker=False, check=check)
+    async with pool:
         failures = 0
         for delay in DELAYS:
             for _ in range(TRIALS):
@@ -55,6 +59,11 @@ async def test_session_and_core_leases_never_see_a_backend_killed_before_checkou
                 except DatabaseConnectionLostError:
                     failures += 1
         assert failures == 0, f"{failures} of {len(DELAYS) * TRIALS} leases saw the kill"
+        revived = pool.get_stats_snapshot()["details"]["revived_leases"]
+        if check == "window":  # the hot path was taken, and found the dead connections
+            assert revived > 0
+        else:
+            assert revived == 0
 
 
 async def test_a_driver_lease_may_see_it_but_only_as_a_retry_safe_lost_connection(

@@ -28,7 +28,8 @@ async def test_a_waiter_out_of_time_during_validation_is_a_timeout_and_costs_no_
     config = ConnectionPoolConfig(
         pool_name="deadline", min_size=1, max_size=1, connection_timeout=0.3
     )
-    pool = DatabaseConnectionPool(config, proxied_pg_url(pg_url, pg_proxy))
+    # check="always": the scenario needs the checkout's validation (BEGIN) to run.
+    pool = DatabaseConnectionPool(config, proxied_pg_url(pg_url, pg_proxy), check="always")
     await pool.initialize()
     try:
         pg_proxy.set_latency(to_server=0.05, to_client=0.05)

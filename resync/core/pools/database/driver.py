@@ -10,7 +10,9 @@ detection and breaker as ``get_connection()``. What it adds is less:
 - **no round trip at checkout** for a connection used successfully within
   :data:`~resync.core.pools.database.stock.HOT_WINDOW` (0.5 s) and not
   suspected since (another connection found dead, a drain); older ones are
-  pinged first. asyncpg's ``is_closed()`` is read on every checkout.
+  pinged first (every one with the pool's ``check="always"``, and when no
+  statement timeout is in force). asyncpg's ``is_closed()`` is read on
+  every checkout.
 
 At release: a transaction the caller left open is rolled back; a connection
 whose state is unknown -- the lease was cancelled mid-statement, the
@@ -51,11 +53,8 @@ from resync.core.exceptions import (
     ErrorFamily,
     ResyncError,
 )
-from resync.core.pools.database.errors import (
-    client_state_broken,
-    describe_sql_error,
-    sqlstate_of,
-)
+from resync.core.pools.database.errors import describe_sql_error
+from resync.core.pools.database.errors import driver_connection_gone as _lost
 from resync.core.pools.database.stock import ConnectionStock
 from resync.core.pools.kernel.stats import ConnectionPoolStats
 
@@ -71,19 +70,6 @@ _DRIVER_MODULES = ("asyncpg", "sqlite3", "aiosqlite")
 
 def _is_driver_error(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] in _DRIVER_MODULES
-
-
-#: SQLSTATEs that end the connection: the server is shutting it down.
-_FATAL_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
-
-
-def _lost(error: BaseException) -> bool:
-    if client_state_broken(error) or isinstance(error, OSError | ConnectionError):
-        return True
-    if type(error).__name__ == "ConnectionDoesNotExistError":  # asyncpg, mid-operation
-        return True
-    code = sqlstate_of(error) or ""
-    return code.startswith("08") or code in _FATAL_SQLSTATES
 
 
 class DriverLeases:

@@ -31,6 +31,7 @@ __all__ = [
     "client_state_broken",
     "connection_lost",
     "describe_sql_error",
+    "driver_connection_gone",
     "error_chain",
     "refused_before_sending",
     "sqlstate_of",
@@ -233,3 +234,22 @@ def _abort_driver(connection: Connection | None) -> None:
     terminate = getattr(driver, "terminate", None)  # asyncpg: closes the socket, no I/O
     if callable(terminate):
         terminate()
+
+
+#: SQLSTATEs that end the connection: the server is shutting it down.
+_FATAL_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def driver_connection_gone(error: BaseException) -> bool:
+    """Does the driver's ``error`` itself (not its chain) say the connection is gone?
+
+    A client-side broken state, a socket error, asyncpg's
+    ``ConnectionDoesNotExistError``, SQLSTATE class 08 or an administrator
+    shutdown (57P01..57P03).
+    """
+    if client_state_broken(error) or isinstance(error, OSError | ConnectionError):
+        return True
+    if type(error).__name__ == "ConnectionDoesNotExistError":  # asyncpg, mid-operation
+        return True
+    code = sqlstate_of(error) or ""
+    return code.startswith("08") or code in _FATAL_SQLSTATES

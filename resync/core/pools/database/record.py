@@ -23,7 +23,12 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from resync.core.pools.database.sqla_internals import begin_hook, undo_callbacks
+from resync.core.pools.database.sqla_internals import (
+    begin_hook,
+    can_swap,
+    swap_driver_connections,
+    undo_callbacks,
+)
 from resync.core.pools.kernel.pacing import expiry
 
 __all__ = ["ConnectionRecord", "drop_connection", "open_connection", "ping_connection"]
@@ -114,6 +119,7 @@ class ConnectionRecord:
         "is_closed",
         "options",
         "stale",
+        "swappable",
     )
 
     def __init__(self, conn: AsyncConnection, max_lifetime: float, generation: int = 0) -> None:
@@ -133,6 +139,8 @@ class ConnectionRecord:
         self.begin: Callable[[], Awaitable[None]] | None = None
         if not getattr(self.dbapi, "autocommit", False):  # AUTOCOMMIT sends no BEGIN
             self.begin = begin_hook(self.dbapi)
+        #: Can a dead driver connection be replaced under this record (see take_driver)?
+        self.swappable = self.begin is not None and can_swap(self.dbapi)
         # asyncpg's flag flips when the server closes the socket; reading it is free.
         self.is_closed: Callable[[], bool] | None = getattr(self.driver, "is_closed", None)
         self.expires_at = expiry(now, max_lifetime)
@@ -184,3 +192,17 @@ class ConnectionRecord:
         self.conn = AsyncConnection(self.conn.engine, fresh)
         self.options = fresh.get_execution_options()
         self.stale = False
+
+    def take_driver(self, donor: ConnectionRecord, cursor: object = None) -> None:
+        """Continue on ``donor``'s driver connection; ``donor`` gets this one's.
+
+        For a hot connection found dead by its lazy ``BEGIN``: SQLAlchemy's
+        objects (the session's ``AsyncConnection``, a cursor already made for
+        the first statement) stay as they are and now talk to a fresh
+        connection; ``donor`` holds the dead one, to be terminated. This record
+        takes the donor's expiry too. No I/O.
+        """
+        swap_driver_connections(self.dbapi, donor.dbapi, cursor)
+        self.driver, donor.driver = donor.driver, self.driver
+        self.is_closed, donor.is_closed = donor.is_closed, self.is_closed
+        self.expires_at = donor.expires_at

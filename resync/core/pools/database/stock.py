@@ -7,14 +7,25 @@ at jittered times, or leave resync's FIFO gate as the only queue. The rules:
 
 - **Reuse**: idle connections are a LIFO stack, so under light load the same few
   stay warm and the rest age out (the oldest idle sits at the bottom).
-- **Validation**: with asyncpg, every checkout sends the transaction's
-  ``BEGIN`` itself instead of leaving it to the first statement -- the same
-  round trip, now also a liveness check. A connection that fails it (killed
-  backend, restarted server) is dropped and the next is tried, then a new one
-  is opened, all inside the caller's timeout, so the caller never sees the
-  dead one. Drivers without that hook are pinged when idle longer than
-  ``ping_after`` or when another connection was found dead since. SQLite
-  files do not disconnect and are never pinged.
+- **Validation**: a connection used successfully within :attr:`ConnectionStock.bypass`
+  seconds (:data:`HOT_WINDOW`, HikariCP's ``aliveBypassWindowMs``) and not
+  suspected since -- no other connection found dead or invalidated since it
+  was last used, not retired by a drain -- is handed out with no I/O and no
+  timer; asyncpg's ``is_closed()`` is read every time for free. With asyncpg,
+  an older one is checked by the transaction's own ``BEGIN``, sent at
+  checkout instead of with the first statement -- the same round trip, now
+  also a liveness check; a connection that fails it (killed backend,
+  restarted server) is dropped and the next is tried, then a new one is
+  opened, all inside the caller's timeout, so the caller never sees the dead
+  one. A hot connection's ``BEGIN`` goes with the first statement
+  (:meth:`ConnectionStock.lazy_begin`); if that ``BEGIN`` finds the
+  connection dead -- nothing of the lease has reached the server yet -- the
+  lease continues, transparently, on a freshly opened connection (once), so
+  the window costs the session and Core kinds no failed lease either. An
+  empty hot lease sends nothing at all. Drivers without the ``BEGIN`` hook
+  are pinged when idle longer than ``ping_after`` or when another
+  connection was found dead since. SQLite files do not disconnect and are
+  never pinged.
 - **Reset** and **lifetime**: see :mod:`~resync.core.pools.database.record`.
   Expired connections are closed when found idle, never under a lease.
 - **Replacement** (``drain()``, a read-only server): :meth:`ConnectionStock.retire_all`
@@ -48,14 +59,19 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from time import monotonic
 
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from resync.core.exceptions import DatabaseConnectionLostError
+from resync.core.pools.database.errors import driver_connection_gone, error_chain
 from resync.core.pools.database.record import (
     ConnectionRecord,
     drop_connection,
     open_connection,
     ping_connection,
 )
+from resync.core.pools.database.sqla_internals import await_
 from resync.core.pools.kernel.admission import AdmissionGate
 from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.loops import start_task, stop_task
@@ -63,8 +79,8 @@ from resync.core.pools.kernel.pacing import ConnectBackoff, drain_pause, mainten
 
 __all__ = ["HOT_WINDOW", "ConnectionStock"]
 
-#: Seconds after a successful use during which a driver lease trusts a
-#: connection without a round trip (HikariCP's aliveBypassWindowMs, 500 ms).
+#: Seconds after a successful use during which a lease trusts a connection
+#: without a round trip (HikariCP's aliveBypassWindowMs, 500 ms).
 HOT_WINDOW = 0.5
 
 logger = logging.getLogger("resync.pool")
@@ -90,8 +106,11 @@ class ConnectionStock:
         ping_after: float,
         scrub: Callable[[object], str],
         backoff: ConnectBackoff | None = None,
+        begin_timeout: Callable[[BaseException], BaseException] | None = None,
     ) -> None:
         self.name = name
+        #: The error for a lazy BEGIN that timed out (the pool's timeout error).
+        self._begin_timeout = begin_timeout
         self.config = config
         # The pool's: connections are reopened under an admission slot, only while ready.
         self._gate = gate
@@ -113,6 +132,12 @@ class ConnectionStock:
         self.backoff = backoff if backoff is not None else ConnectBackoff()
         #: Opens one connection of the engine; set for a ``credentials_provider``.
         self.opener: Callable[[AsyncEngine], Awaitable[AsyncConnection]] | None = None
+        #: The alive-bypass window in seconds (0: every checkout checks; see the module docs).
+        self.bypass = HOT_WINDOW
+        #: Hot leased connections whose BEGIN waits for their first statement, by DBAPI connection.
+        self._armed: dict[object, ConnectionRecord] = {}
+        #: Leases that continued on a new connection after a lazy BEGIN found theirs dead.
+        self.revived = 0
 
     # --- opening and closing ---------------------------------------------------
 
@@ -127,8 +152,15 @@ class ConnectionStock:
             drop_connection(conn)
             raise
 
+    def watch_statements(self) -> None:
+        """Hook :meth:`lazy_begin` into the engine: call once the engine is set."""
+        engine = self.engine
+        assert engine is not None, "watch_statements() before the engine exists"
+        event.listen(engine.sync_engine, "before_cursor_execute", self._before_statement)
+
     def terminate(self, held: ConnectionRecord) -> None:
         """Close ``held`` now, with no I/O and no ``await``."""
+        self._armed.pop(held.dbapi, None)
         try:
             drop_connection(held.conn)
         except Exception as exc:
@@ -184,9 +216,10 @@ class ConnectionStock:
         for task in late:  # checks whose callers gave up: end them (they terminate)
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
-        for held in self._leased.values():  # still out after the drain: cut off
+        for held in list(self._leased.values()):  # still out after the drain: cut off
             self.terminate(held)
         self._leased.clear()
+        self._armed.clear()
         idle = list(self.idle)
         self.idle.clear()
         await asyncio.gather(*(self.close_gracefully(held) for held in idle))
@@ -269,14 +302,22 @@ class ConnectionStock:
         begin = held.begin if transactional else None
         if begin is None:
             # A driver lease (``transactional=False``) sends no BEGIN: a
-            # connection used within HOT_WINDOW and not suspected since is
-            # handed out with no I/O (HikariCP's aliveBypassWindowMs).
-            window = self.ping_after if transactional else min(self.ping_after, HOT_WINDOW)
+            # connection used within the bypass window and not suspected
+            # since is handed out with no I/O (HikariCP's aliveBypassWindowMs).
+            window = self.ping_after if transactional else min(self.ping_after, self.bypass)
             if now is None or (
                 now - held.idle_since < window and held.idle_since > self.suspect_since
             ):
                 return True
             check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, ping_connection)
+        elif held.swappable and (
+            now is None
+            or (now - held.idle_since < self.bypass and held.idle_since > self.suspect_since)
+        ):
+            # Hot (or just opened): the BEGIN goes with the first statement,
+            # and a dead connection is replaced then (lazy_begin).
+            self._armed[held.dbapi] = held
+            return True
         else:
             check = begin
         attempt = asyncio.ensure_future(check())
@@ -296,6 +337,87 @@ class ConnectionStock:
             logger.info("pool '%s': dropped a dead connection: %s", self.name, self._scrub(exc))
             return False
         return True
+
+    def _before_statement(
+        self,
+        conn: Connection,
+        cursor: object,
+        statement: str,
+        parameters: object,
+        context: object,
+        executemany: bool,
+    ) -> None:
+        # SQLAlchemy's before_cursor_execute, inside its greenlet: the first
+        # statement of a hot lease sends the BEGIN first (one dict test otherwise).
+        armed = self._armed
+        if armed:
+            held = armed.pop(conn.connection.dbapi_connection, None)
+            if held is not None and await_ is not None:
+                await_(self.lazy_begin(held, cursor))
+
+    async def lazy_begin(self, held: ConnectionRecord, cursor: object = None) -> None:
+        """Send the ``BEGIN`` of a hot lease, before its first statement.
+
+        If the ``BEGIN`` finds the connection dead (the server closed it
+        moments ago and the loop has not read the goodbye yet), nothing of
+        the lease reached the server: a new connection is opened (within
+        ``connection_timeout``), put under the lease's SQLAlchemy objects
+        (:meth:`ConnectionRecord.take_driver`), the dead one terminated, and
+        the ``BEGIN`` sent again -- once; the caller never sees it. A ``BEGIN``
+        that gets no answer within the statement timeout (a network that
+        stopped answering: the one thing ``is_closed()`` cannot see) aborts
+        the connection and raises the pool's timeout error, as the checkout's
+        check would have. Any other failure, a failing connect or a second
+        failure raises as the statement's error would. Cancelled, the new
+        connection is closed (or never opened) and the lease discards its own.
+        """
+        begin = held.begin
+        assert begin is not None  # only records with the BEGIN hook are armed
+        try:
+            await begin()
+            return
+        except Exception as exc:
+            chain = error_chain(exc)
+            if any(isinstance(link, TimeoutError) for link in chain):
+                held.abort()
+                if self._begin_timeout is None:
+                    raise
+                raise self._begin_timeout(exc) from None
+            if not held.dead() and not any(driver_connection_gone(link) for link in chain):
+                raise
+            logger.info(
+                "pool '%s': a hot connection was found dead by its first BEGIN; "
+                "continuing on a new connection: %s",
+                self.name,
+                self._scrub(exc),
+            )
+        self.suspect_since = monotonic()
+        try:
+            donor = await self.connect(self.config.connection_timeout)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and self._begin_timeout is not None:
+                raise self._begin_timeout(exc) from None
+            raise DatabaseConnectionLostError(
+                f"Database operation failed: the connection to the server broke before the "
+                f"lease's first statement, and a new one could not be opened "
+                f"({type(exc).__name__}) (pool '{self.name}'); nothing was sent, retry when "
+                "the server answers",
+                pool_name=self.name,
+            ) from None
+        try:
+            held.take_driver(donor, cursor)
+        finally:
+            self.terminate(donor)  # holds the dead connection now
+        self.revived += 1
+        self._drop_dead_idle()  # its neighbours died with it, most likely
+        await begin()
+
+    def _drop_dead_idle(self) -> None:
+        """Terminate the idle connections the driver has seen closed (no I/O)."""
+        dead = [held for held in self.idle if held.dead()]
+        for held in dead:
+            self.idle.remove(held)
+            self.terminate(held)
 
     def _finish_late(self, held: ConnectionRecord, attempt: asyncio.Future[object]) -> None:
         task = asyncio.ensure_future(self._late_check(held, attempt))
@@ -333,6 +455,7 @@ class ConnectionStock:
     def check_in(self, held: ConnectionRecord, reusable: bool) -> None:
         """Take ``held`` back after a lease: keep it idle, or close it if it is
         not ``reusable``, was invalidated, or is left inside a transaction."""
+        self._armed.pop(held.dbapi, None)
         conn = held.conn
         now = monotonic()
         if conn.invalidated:
