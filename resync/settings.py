@@ -110,12 +110,35 @@ class Settings(BaseSettings):
     DB_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
     )
+    DB_POOL_QUEUE_TARGET: float = Field(
+        default=0.0,
+        ge=0,
+        description="Queue management (CoDel): the wait a queued lease should get within (s), "
+        "e.g. 0.05; set with DB_POOL_QUEUE_INTERVAL. 0 = off.",
+    )
+    DB_POOL_QUEUE_INTERVAL: float = Field(
+        default=0.0,
+        ge=0,
+        description="Queue management: when no queued lease got a connection within the target "
+        "for this long (s), e.g. 1.0, leases past 2x the target fail at once (503). 0 = off.",
+    )
+    DB_POOL_ADAPTIVE_LIMIT: bool = Field(
+        default=False,
+        description="Adjust the leases admitted at once (min_size..max_size) from lease times "
+        "(Gradient2).",
+    )
     DB_POOL_STATEMENT_TIMEOUT: float = Field(
         default=30.0,
         ge=0,
         le=86400,
         description="Seconds a statement may wait for the server (asyncpg command_timeout); "
         "then DatabaseStatementTimeoutError (504). 0 = no limit.",
+    )
+    DB_POOL_CHECK: Literal["window", "always"] = Field(
+        default="window",
+        description="Liveness check at checkout: 'window' hands out a connection used in the "
+        "last 0.5 s with no round trip (its BEGIN goes with the first statement); 'always' "
+        "checks every checkout.",
     )
     DB_POOL_PGBOUNCER: Literal["off", "session", "transaction"] = Field(
         default="off",
@@ -174,6 +197,15 @@ class Settings(BaseSettings):
     REDIS_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
     )
+    REDIS_POOL_QUEUE_TARGET: float = Field(
+        default=0.0, ge=0, description="Queue management target (s), as DB_POOL_QUEUE_TARGET."
+    )
+    REDIS_POOL_QUEUE_INTERVAL: float = Field(
+        default=0.0, ge=0, description="Queue management interval (s), as DB_POOL_QUEUE_INTERVAL."
+    )
+    REDIS_POOL_ADAPTIVE_LIMIT: bool = Field(
+        default=False, description="Adaptive concurrency limit, as DB_POOL_ADAPTIVE_LIMIT."
+    )
     REDIS_REQUIRED: bool = Field(default=False, description="Readiness fails if Redis is down.")
     REDIS_SSL_CA_CERTS: Path | None = Field(
         default=None, description="CA certificate(s) for a rediss:// server."
@@ -202,6 +234,15 @@ class Settings(BaseSettings):
     HTTP_POOL_MAX_WAITING: int = Field(default=0, ge=0)
     HTTP_POOL_LEAK_DETECTION_THRESHOLD: float = Field(
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
+    )
+    HTTP_POOL_QUEUE_TARGET: float = Field(
+        default=0.0, ge=0, description="Queue management target (s), as DB_POOL_QUEUE_TARGET."
+    )
+    HTTP_POOL_QUEUE_INTERVAL: float = Field(
+        default=0.0, ge=0, description="Queue management interval (s), as DB_POOL_QUEUE_INTERVAL."
+    )
+    HTTP_POOL_ADAPTIVE_LIMIT: bool = Field(
+        default=False, description="Adaptive concurrency limit, as DB_POOL_ADAPTIVE_LIMIT."
     )
     HTTP_ENABLE_HTTP2: bool = Field(default=False, description="Needs the h2 extra.")
     HTTP_REQUIRED: bool = Field(default=False, description="Readiness fails if it is down.")

@@ -14,7 +14,8 @@ asyncpg`` → database, ``redis[s]``/``redis+sentinel``/``redis+cluster`` → Re
 backend's fixed-name pool (resync's built-in defaults, not the ``DB_POOL_*``
 variables of that pool): ``min_size``, ``max_size``, ``connect_timeout``,
 ``idle_timeout``, ``max_lifetime``, ``health_check_interval``,
-``max_waiting``, ``required`` (default false: an optional pool that cannot
+``max_waiting``, ``queue_target`` / ``queue_interval`` (queue management),
+``adaptive_limit``, ``required`` (default false: an optional pool that cannot
 open is opened in the background). The URL is masked wherever settings are
 shown (repr, ``model_dump``). The ``*_SSL_*``/``HTTP_VERIFY`` settings apply
 to the fixed-name pools only; a named pool's TLS is what its URL says
@@ -69,6 +70,9 @@ class NamedPool(BaseModel):
     max_lifetime: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     health_check_interval: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_waiting: int | None = Field(default=None, ge=0)
+    queue_target: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    queue_interval: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    adaptive_limit: bool | None = None
     required: bool = False
 
     @field_validator("url")

@@ -11,7 +11,7 @@ The tree::
     ├── ConfigurationError (ValueError)        bad settings or pool config
     │   ├── SettingsError                        an environment variable broke a rule
     │   └── PoolConfigError                      a ConnectionPoolConfig field broke a rule
-    ├── InvalidPriorityError (ValueError)       a lease priority other than critical/default/sheddable
+    ├── InvalidPriorityError (ValueError)       a lease priority not critical/default/sheddable
     ├── PoolError                                anything a pool refuses; has .pool_name
     │   ├── PoolTimeoutError (TimeoutError)      no connection within connection_timeout
     │   ├── DeadlineExceededError (TimeoutError) the caller's resync.deadline() ran out

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from resync.core.pools.kernel.adaptive import AdaptiveLimit
+from resync.core.pools.kernel.admission import Priority
 from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.health import HealthResult
 from resync.core.pools.kernel.pool import ConnectionPool
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from resync.core.pools.resource.pool import ResourcePool
 
 __all__ = [
+    "AdaptiveLimit",
     "ConnectionPool",
     "ConnectionPoolConfig",
     "ConnectionPoolManager",
@@ -48,6 +51,7 @@ __all__ = [
     "HTTPConnectionPool",
     "HealthResult",
     "PoolState",
+    "Priority",
     "RedisClusterPool",
     "RedisConnectionPool",
     "RedisSentinelPool",

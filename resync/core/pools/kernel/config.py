@@ -40,6 +40,16 @@ class ConnectionPoolConfig:
     - ``drain_timeout``: how long ``close()`` waits for active leases.
     - ``leak_detection_threshold``: a lease held longer is logged with the
       stack that acquired it; ``0`` disables.
+    - ``queue_target`` / ``queue_interval``: queue management (CoDel, as
+      Elixir's DBConnection): when no queued caller got a slot within
+      ``queue_target`` for a whole ``queue_interval``, waiters past twice the
+      target fail at once with the "overloaded" error, and so do newcomers
+      the queue cannot serve in time, until a caller is granted within the
+      target again (:mod:`resync.core.pools.kernel.admission`). ``0`` or
+      ``None`` (the default) is off; set both (DBConnection uses 0.05 and 1).
+    - ``adaptive_limit``: adjust the leases admitted at once between
+      ``max(min_size, 1)`` and ``max_size`` from observed lease times
+      (Gradient2, :mod:`resync.core.pools.kernel.adaptive`); off by default.
     """
 
     pool_name: str = "default"
@@ -52,6 +62,9 @@ class ConnectionPoolConfig:
     max_waiting: int = 0
     drain_timeout: float = 30.0
     leak_detection_threshold: float = 0.0
+    queue_target: float | None = None
+    queue_interval: float | None = None
+    adaptive_limit: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,6 +99,7 @@ class ConnectionPoolConfig:
                     f"(pool '{name}')",
                     pool_name=name,
                 )
+        self._validate_overload_control()
         self._require(self.min_size >= 0, f"min_size must be >= 0, got {self.min_size}")
         self._require(
             self.max_size >= self.min_size,
@@ -117,6 +131,39 @@ class ConnectionPoolConfig:
             f"leak_detection_threshold must be >= 0 (0 disables), "
             f"got {self.leak_detection_threshold}",
         )
+
+    def _validate_overload_control(self) -> None:
+        name = self.pool_name
+        for field_name in ("queue_target", "queue_interval"):
+            value = getattr(self, field_name)
+            if value is not None and (not _is_number(value) or not math.isfinite(value)):
+                raise PoolConfigError(
+                    f"{field_name} must be a finite number of seconds or None, got {value!r} "
+                    f"(pool '{name}')",
+                    pool_name=name,
+                )
+            self._require(
+                value is None or value >= 0,
+                f"{field_name} must be >= 0 (0 or None = no queue management), got {value}",
+            )
+        target = self.queue_target or 0.0
+        interval = self.queue_interval or 0.0
+        self._require(
+            (target > 0) == (interval > 0),
+            f"queue_target ({self.queue_target}) and queue_interval ({self.queue_interval}) "
+            "must be set together: both > 0 turns queue management on (e.g. 0.05 and 1.0), "
+            "both 0 or None leaves it off",
+        )
+        self._require(
+            target < interval or not target,
+            f"queue_target ({target:g}s) must be shorter than queue_interval ({interval:g}s)",
+        )
+        if not isinstance(self.adaptive_limit, bool):
+            raise PoolConfigError(
+                f"adaptive_limit must be true or false, got {self.adaptive_limit!r} "
+                f"(pool '{name}')",
+                pool_name=name,
+            )
 
     def _require(self, ok: bool, rule: str) -> None:
         if not ok:

@@ -54,6 +54,9 @@ _COMMON = {
     "MAX_LIFETIME": 1800.0,
     "MAX_WAITING": 0,
     "LEAK_DETECTION_THRESHOLD": 0.0,
+    "QUEUE_TARGET": 0.0,
+    "QUEUE_INTERVAL": 0.0,
+    "ADAPTIVE_LIMIT": False,
 }
 
 
@@ -143,6 +146,9 @@ def _config_of(source: object, name: str, values: dict[str, Any]) -> ConnectionP
         max_lifetime=values["max_lifetime"],
         max_waiting=values["max_waiting"],
         leak_detection_threshold=values["leak_detection_threshold"],
+        queue_target=values["queue_target"],
+        queue_interval=values["queue_interval"],
+        adaptive_limit=values["adaptive_limit"],
         drain_timeout=read_setting(source, "POOL_DRAIN_TIMEOUT", 20.0),
     )
 
@@ -152,6 +158,9 @@ def _database_options(source: object) -> dict[str, Any]:
     options: dict[str, Any] = {
         "statement_timeout": read_setting(source, "DB_POOL_STATEMENT_TIMEOUT", 30.0) or None
     }
+    check = read_setting(source, "DB_POOL_CHECK", "window")
+    if check != "window":
+        options["check"] = check
     pgbouncer = read_setting(source, "DB_POOL_PGBOUNCER", "off")
     if pgbouncer != "off":
         options["pgbouncer"] = pgbouncer
