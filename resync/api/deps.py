@@ -17,6 +17,12 @@ pool given to ``manager.register(...)``), :func:`pool_lease`::
 
     Reports = Annotated[AsyncSession, pool_lease("reports")]
 
+A lease can say how important it is under overload (``critical``,
+``default``, ``sheddable``: who is refused first when the pool sheds load,
+never the order of service; see ``ConnectionPool.get_connection``)::
+
+    Report = Annotated[AsyncSession, pool_lease("database", priority="sheddable")]
+
 or :func:`pool_dependency`, which builds that ``Annotated`` type for you
 (``Reports = pool_dependency("reports", AsyncSession)``; mypy resolves it as
 ``AsyncSession`` when written in an annotation through ``Annotated`` as above,
@@ -35,7 +41,8 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resync.api.errors import SETUP_HINTS
-from resync.core.exceptions import ManagerError, PoolNotFoundError
+from resync.core.exceptions import InvalidPriorityError, ManagerError, PoolNotFoundError
+from resync.core.pools.kernel.admission import DEFAULT, Priority, PriorityName
 from resync.core.pools.kernel.state import PoolState
 from resync.core.pools.manager.health import HealthState
 from resync.core.pools.manager.specs import DATABASE_POOL, HTTP_POOL, REDIS_POOL
@@ -154,31 +161,48 @@ async def get_http_client(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def pool_lease(name: str) -> Any:
+def _priority(name: str, priority: object) -> Priority:
+    if isinstance(priority, str):
+        try:
+            return Priority(priority)
+        except ValueError:
+            pass
+    raise InvalidPriorityError(
+        f"Pool '{name}': priority must be 'critical', 'default' or 'sheddable' "
+        f"(resync.core.pools.Priority), got {priority!r}",
+        pool_name=name,
+    )
+
+
+def pool_lease(name: str, priority: Priority | PriorityName = DEFAULT) -> Any:
     """``Depends`` leasing from the manager's pool ``name`` for one request.
 
     Use as ``Annotated[AsyncSession, pool_lease("reports")]``. The lease is the
-    pool's ``get_connection()``: it ends (commit/rollback/return) before the
-    response is sent, a lease error answers 503 per the error contract, and an
-    unknown name answers 503 ``pool_not_configured`` naming the pool.
+    pool's ``get_connection(priority=priority)``: it ends (commit/rollback/
+    return) before the response is sent, a lease error answers 503 per the
+    error contract (an overloaded pool with ``Retry-After``), and an unknown
+    name answers 503 ``pool_not_configured`` naming the pool. ``priority``
+    is checked here, when the route is declared: anything but ``critical``,
+    ``default`` or ``sheddable`` raises ``InvalidPriorityError``.
     """
+    chosen = _priority(name, priority)
 
     async def lease(manager: Manager) -> AsyncIterator[Any]:
-        async with _pool(manager, name).get_connection() as connection:
+        async with _pool(manager, name).get_connection(priority=chosen) as connection:
             yield connection
 
-    lease.__name__ = f"lease_{name}"
+    lease.__name__ = f"lease_{name}" if chosen is DEFAULT else f"lease_{name}_{chosen.value}"
     return Depends(lease, scope="function")
 
 
-def pool_dependency(name: str, kind: type[T]) -> Any:
-    """``Annotated[kind, pool_lease(name)]``: a ready-made parameter type.
+def pool_dependency(name: str, kind: type[T], priority: Priority | PriorityName = DEFAULT) -> Any:
+    """``Annotated[kind, pool_lease(name, priority)]``: a ready-made parameter type.
 
     ``Reports = pool_dependency("reports", AsyncSession)``; then
     ``async def route(db: Reports)``. ``kind`` is the type the pool leases
     (``AsyncSession``, ``Redis``, ``httpx.AsyncClient``, your resource type).
     """
-    return Annotated[kind, pool_lease(name)]
+    return Annotated[kind, pool_lease(name, priority)]
 
 
 DBSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]

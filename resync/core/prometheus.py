@@ -25,7 +25,7 @@ db_client_connection_wait_time_seconds         hist   wait for a lease
 db_client_connection_use_time_seconds          hist   time a lease was held
 resync_pool_leases_total                       count  leases granted
 resync_pool_errors_total                       count  backend errors
-resync_pool_overloads_total                    count  leases shed by max_waiting
+resync_pool_overloads_total                    count  leases shed (max_waiting, queue management)
 resync_pool_deadline_exceeded_total            count  leases out of the caller's deadline
 resync_pool_connection_creations_total         count  driver connections opened
 resync_pool_connection_closures_total          count  driver connections closed
@@ -33,6 +33,12 @@ resync_pool_leaks_total                        count  leases held past the thres
 resync_pool_health_state{state}                gauge  1 for the current health state
 resync_pool_circuit_breaker_state              gauge  0 closed, 1 half-open, 2 open
 resync_pool_up                                 gauge  1 when the pool is open (ready)
+resync_pool_queue_dropping                     gauge  1 while queue management sheds load
+resync_pool_queue_drops_total                  count  queued leases dropped (queue management)
+resync_pool_refusals_total{priority}           count  leases refused at once, by priority
+resync_pool_adaptive_limit                     gauge  leases admitted at once (adaptive limit)
+resync_pool_adaptive_limit_samples_total       count  lease times the limit has seen
+resync_pool_adaptive_limit_drops_total         count  leases queued because of the limit
 =============================================  =====  ===========================
 """
 
@@ -136,7 +142,10 @@ class PoolCollector(Collector):
                 "resync_pool_server_errors",
                 "Errors the server answered with (bad SQL, constraint, error reply, HTTP 5xx).",
             ),
-            "pool_overloads": ("resync_pool_overloads", "Leases refused at once (max_waiting)."),
+            "pool_overloads": (
+                "resync_pool_overloads",
+                "Leases refused as overloaded (max_waiting, queue management).",
+            ),
             "deadline_exceeded": (
                 "resync_pool_deadline_exceeded",
                 "Leases that ran out of the caller's deadline (resync.deadline).",
@@ -159,8 +168,10 @@ class PoolCollector(Collector):
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             labels=LABELS,
         )
+        overload = _OverloadFamilies()
         for labels, pool in rows:
             stats = pool.get_stats_snapshot()
+            overload.add(labels, stats.get("admission"))
             count.add_metric([*labels, "used", "used"], stats["active_connections"])
             count.add_metric([*labels, "idle", "idle"], stats["idle_connections"])
             gauges["max"].add_metric(labels, stats["capacity"])
@@ -193,6 +204,66 @@ class PoolCollector(Collector):
         )
         yield health_family
         yield breaker_family
+        yield from overload.families()
+
+
+class _OverloadFamilies:
+    """Queue management, priority refusals and the adaptive limit of each pool
+    (the ``admission`` key of its stats); the adaptive series only for pools
+    with ``adaptive_limit`` on."""
+
+    def __init__(self) -> None:
+        self.dropping = GaugeMetricFamily(
+            "resync_pool_queue_dropping",
+            "1 while queue management (queue_target) sheds load, else 0.",
+            labels=LABELS,
+        )
+        self.drops = CounterMetricFamily(
+            "resync_pool_queue_drops",
+            "Queued leases failed by queue management (waited past their drop age).",
+            labels=LABELS,
+        )
+        self.refusals = CounterMetricFamily(
+            "resync_pool_refusals",
+            "Leases refused at once under overload (max_waiting, queue management), by priority.",
+            labels=[*LABELS, "priority"],
+        )
+        self.limit = GaugeMetricFamily(
+            "resync_pool_adaptive_limit",
+            "Leases admitted at once (the adaptive limit, Gradient2).",
+            labels=LABELS,
+        )
+        self.samples = CounterMetricFamily(
+            "resync_pool_adaptive_limit_samples",
+            "Lease times the adaptive limit has been fed.",
+            labels=LABELS,
+        )
+        self.limit_drops = CounterMetricFamily(
+            "resync_pool_adaptive_limit_drops",
+            "Leases that queued because the adaptive limit was below max_size.",
+            labels=LABELS,
+        )
+
+    def add(self, labels: list[str], admission: Any) -> None:
+        if not isinstance(admission, dict):
+            return
+        self.dropping.add_metric(labels, 1 if admission.get("dropping") else 0)
+        self.drops.add_metric(labels, admission.get("queue_drops", 0))
+        for priority, count in sorted(admission.get("refused", {}).items()):
+            self.refusals.add_metric([*labels, priority], count)
+        adaptive = admission.get("adaptive")
+        if isinstance(adaptive, dict):
+            self.limit.add_metric(labels, adaptive["limit"])
+            self.samples.add_metric(labels, adaptive["samples"])
+            self.limit_drops.add_metric(labels, adaptive["drops"])
+
+    def families(self) -> Iterator[Metric]:
+        yield self.dropping
+        yield self.drops
+        yield self.refusals
+        yield self.limit
+        yield self.samples
+        yield self.limit_drops
 
 
 class RuntimeCollector(Collector):

@@ -23,6 +23,9 @@ backend slows down: lock contention, a cold cache, an overloaded server)
 the gradient falls below 1 and the limit shrinks, by at most 10% a window,
 so the pool stops piling more work onto a backend that is already slower;
 once ``long`` has caught up with the new level the gradient is 1 again.
+Under a slowdown that keeps growing, the gradient stays at its 0.5 clamp and
+the limit settles where ``0.5 * L + sqrt(L) = L``: 4 leases (or ``min_size``
+if that is higher), never 0.
 
 Constants (Netflix's defaults in brackets):
 

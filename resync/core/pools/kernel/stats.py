@@ -34,8 +34,10 @@ class ConnectionPoolStats:
     - ``pool_waits``: leases that had to queue before being granted or refused.
     - ``pool_exhaustions``: leases refused because ``connection_timeout`` passed
       with every slot taken.
-    - ``pool_overloads``: leases refused at once because ``max_waiting`` callers
-      were already queued.
+    - ``pool_overloads``: leases refused as overloaded: at once because
+      ``max_waiting`` callers (the bound of their priority) were already
+      queued or queue management was shedding load, or dropped from the queue
+      by queue management (``admission`` in the stats snapshot has the detail).
     - ``deadline_exceeded``: leases that ran out of the caller's deadline
       (``resync.deadline()``): refused at once, out of time queueing or
       connecting, or cut off during the lease (not ``pool_exhaustions``).
