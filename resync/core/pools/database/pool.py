@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -25,15 +25,18 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from resync.core.deadlines import Deadline
 from resync.core.exceptions import (
     DATABASE_ERRORS,
     DatabaseCommitUnknownError,
     DatabaseConnectionLostError,
     DatabaseInvalidTextError,
     DatabaseStatementTimeoutError,
+    PoolConfigError,
     ResyncError,
 )
 from resync.core.pools.database.credentials import CredentialsProvider
+from resync.core.pools.database.deadline import deadline_abort
 from resync.core.pools.database.driver import DriverLeases, DriverReset
 from resync.core.pools.database.engine import create_engine, ping_after
 from resync.core.pools.database.errors import (
@@ -44,7 +47,8 @@ from resync.core.pools.database.errors import (
 from resync.core.pools.database.release import CoreLeases, LeaseEnd
 from resync.core.pools.database.replacement import Replacement
 from resync.core.pools.database.replicas import ReadLease
-from resync.core.pools.database.stock import ConnectionStock
+from resync.core.pools.database.sandbox import SandboxSessions, active_sandbox
+from resync.core.pools.database.stock import HOT_WINDOW, ConnectionStock
 from resync.core.pools.database.topology import Topology
 from resync.core.pools.database.url import DatabaseTarget, engine_arguments, parse_database_url
 from resync.core.pools.kernel.lease import Lease
@@ -64,6 +68,9 @@ logger = logging.getLogger("resync.pool")
 
 _SELECT_ONE = text("SELECT 1")
 
+
+#: The liveness rules a pool can be given (``check=``; ``DB_POOL_CHECK`` in settings).
+_CHECKS = ("window", "always")
 
 #: Seconds a statement may wait for the server (asyncpg ``command_timeout``).
 DEFAULT_STATEMENT_TIMEOUT = 30.0
@@ -124,11 +131,16 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
       random (``pool_recycle`` without the herd); closed when found idle,
       never under a lease; ``0`` means never.
 
-    Dead connections: with asyncpg each checkout sends the transaction's
-    ``BEGIN`` itself, the round trip the first statement would have made
-    anyway, so every lease proves its connection alive for free; one killed
-    by the server or lost to a restart is dropped and replaced inside the
-    same lease and the caller never sees it. Pre-ping would cost asyncpg
+    Dead connections: a connection used in the last 0.5 s and not suspected
+    since is handed out with no I/O (``check="window"``, the default; see
+    :mod:`~resync.core.pools.database.stock`), and with asyncpg its ``BEGIN``
+    goes with the first statement: if that ``BEGIN`` finds it dead, the lease
+    continues on a new connection, unseen. Older connections (and every one
+    with ``check="always"``, or with no statement timeout) get the
+    transaction's ``BEGIN`` at checkout, the round trip the first statement
+    would have made anyway, so every lease proves its connection alive for
+    free; one killed by the server or lost to a restart is dropped and
+    replaced inside the same lease and the caller never sees it. Pre-ping would cost asyncpg
     three more round trips per lease; invalidate-on-error alone hands the
     first caller after a restart an error. Connections without that hook
     (other drivers, AUTOCOMMIT) are pinged when idle longer than
@@ -198,9 +210,17 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         circuit_breaker: BreakerSpec = True,
         statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT,
         driver_reset: DriverReset | None = None,
+        check: str = "window",
         **engine_options: Any,
     ) -> None:
         super().__init__(config)
+        if check not in _CHECKS:
+            raise PoolConfigError(
+                f"check must be one of {', '.join(_CHECKS)}, got {check!r} (pool "
+                f"'{config.pool_name}'): 'window' trusts a connection used in the last "
+                f"{HOT_WINDOW:g}s, 'always' checks every checkout",
+                pool_name=config.pool_name,
+            )
         self.circuit_breaker = build_circuit_breaker(
             config.pool_name, circuit_breaker, BACKEND_BREAKER_DEFAULTS["database"]
         )
@@ -229,6 +249,9 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
                 pgbouncer=pgbouncer,
                 credentials_provider=credentials_provider,
                 circuit_breaker=replica_breaker,
+                # A read lease fails over before the caller's block runs, so a
+                # replica checks every checkout (a dead one is skipped, not raised).
+                check="always",
                 **engine_options,
             )
             child.is_replica = True
@@ -272,7 +295,9 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             ping_after=ping_after(target, ping_idle_after, engine_options),
             scrub=self.scrub,
             backoff=ConnectBackoff(lambda: self.circuit_breaker),
+            begin_timeout=lambda cause: self._timeout_error(config.connection_timeout, cause),
         )
+        self._stock.bypass = self._bypass_window(check)
         self._lease_end = LeaseEnd(
             self.name,
             stock=self._stock,
@@ -282,6 +307,8 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             scrub=self.scrub,
         )
         self._core_leases = CoreLeases(self._stock, self._lease_end, self._map_error)
+        #: Sessions leased inside a test sandbox, and the sandbox's kind that ends them.
+        self._sandboxed: dict[AsyncSession, SandboxSessions] = {}
         self._driver_leases = DriverLeases(
             self.name,
             stock=self._stock,
@@ -326,6 +353,18 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     def _idle_connections(self) -> int:
         return self.idle_count
 
+    def _bypass_window(self, check: str) -> float:
+        # The window trusts a connection without I/O; a black-holed one is never
+        # flagged by the driver, so with asyncpg the window needs a statement
+        # timeout in force (it bounds the first statement instead).
+        if check == "always":
+            return 0.0
+        target = self._target
+        timed = self._engine_kwargs.get("connect_args", {}).get("command_timeout")
+        if target is not None and target.driver == "asyncpg" and not timed:
+            return 0.0
+        return HOT_WINDOW
+
     def _is_ready(self) -> bool:
         return self._state is PoolState.READY
 
@@ -349,6 +388,8 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             "driver": target.driver if target is not None else None,
             "application_name": self.application_name,
             "generation": self._stock.generation,
+            "alive_bypass_window": self._stock.bypass,
+            "revived_leases": self._stock.revived,
             "replacements": self.replacements,
             "read_only_errors": self.read_only_errors,
             **self._topology.details(),
@@ -374,6 +415,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
             on_driver_error=self._on_driver_error,
         )
         self._stock.engine = engine
+        self._stock.watch_statements()
         self._stock.opener = self._topology.use_credentials(engine)
         count = min(max(self.config.min_size, 1), self._gate.capacity)
         await self._stock.open(count, keep_alive=target.is_memory, display=self._display)
@@ -402,7 +444,10 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         same admission, timeouts, stats, breaker and cancellation guarantees.
         Do not keep the connection past the block: it goes back to the pool.
         """
-        return Lease(self, self._core_leases)
+        box = active_sandbox.get()  # a test sandbox (resync.testing): its connection
+        if box is None:
+            return Lease(self, self._core_leases)
+        return Lease(self, box.connections(self, self._map_error))
 
     def driver_connection(self) -> Lease[Any]:
         """Lease the driver's own connection: ``async with pool.driver_connection() as conn``.
@@ -418,16 +463,34 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         mid-statement, broken) is discarded. After ``close()``: the "is
         shutdown" error.
         """
-        return Lease(self, self._driver_leases)
+        box = active_sandbox.get()  # a test sandbox (resync.testing): its connection
+        if box is None:
+            return Lease(self, self._driver_leases)
+        return Lease(self, box.drivers(self, self._driver_leases.map_error))
 
     async def _acquire_connection(self, timeout: float) -> AsyncSession:
+        box = active_sandbox.get()  # a test sandbox (resync.testing): its connection
+        if box is not None:
+            kind = box.sessions(self, self._sessionmaker, self._map_error)
+            session = await kind.acquire(timeout)
+            self._sandboxed[session] = kind
+            return session
         held = await self._stock.checkout(timeout)
         session = self._sessionmaker(bind=held.conn)
         self._stock.lend(session, held)
         return session
 
     async def _release_connection(self, session: AsyncSession, error: BaseException | None) -> None:
+        if self._sandboxed and session in self._sandboxed:
+            return await self._sandboxed.pop(session).release(session, error)
         await self._lease_end.end(session, error)
+
+    def _bind_deadline(self, connection: Any, deadline: Deadline) -> Callable[[], object] | None:
+        # Statements cannot be bounded per call through SQLAlchemy: the lease
+        # cuts the connection off at the deadline (see database/deadline.py).
+        if active_sandbox.get() is not None:
+            return None  # a test sandbox's one shared connection is never cut
+        return deadline_abort(connection)
 
     # --- reads on replicas, replacement ------------------------------------------------
 

@@ -12,7 +12,12 @@ check, warm connections, safe retries and a circuit breaker:
 - ``initialize()`` opens ``min_size`` connections with concurrent requests to
   ``health_path`` (any answer will do; no answer fails the setup);
 - retries and breaker outcomes live in the transport
-  (:mod:`resync.core.pools.http.transport`), one outcome per request;
+  (:mod:`resync.core.pools.http.transport`), one outcome per request; the
+  retries of the whole pool are limited by a retry budget (Finagle's: 20 %
+  of the requests of the last 10 s plus 10 per second);
+- inside ``resync.deadline()`` every request (retries, backoff and body
+  included) ends by the deadline with ``HTTPDeadlineExceededError``
+  (:mod:`resync.core.pools.http.deadline`);
 - the breaker is on by default (the HTTP defaults of
   :data:`~resync.core.resilience.BACKEND_BREAKER_DEFAULTS`: open after 5
   failed requests in a row -- a connect error, a timeout, a dropped
@@ -67,6 +72,7 @@ from resync.core.resilience import (
     RetryPolicy,
     build_circuit_breaker,
 )
+from resync.core.retry_budget import RetryBudget
 
 __all__ = ["HTTPConnectionPool"]
 
@@ -122,8 +128,13 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
     ``True`` (the HTTP defaults), ``False``, a ``CircuitBreakerConfig`` or a
     ``CircuitBreaker``. ``retry``: the :class:`RetryPolicy` for safe retries
     (default: 3 attempts, 50 ms initial backoff, at most ``connection_timeout``
-    of retrying). ``client_options`` go to ``httpx.AsyncClient`` (headers,
-    auth, ...) or, for ``verify``/``cert``/``proxy``/..., to its transport.
+    of retrying). ``retry_budget``: a :class:`~resync.core.retry_budget.RetryBudget`
+    shared by every request of the pool, ``True`` (the default: 20 % of the
+    requests of the last 10 s plus 10 retries per second; settings
+    ``HTTP_RETRY_BUDGET_PERCENT`` / ``HTTP_RETRY_BUDGET_MIN_PER_SECOND``) or
+    ``False`` for none (the retry policy alone). ``client_options`` go to
+    ``httpx.AsyncClient`` (headers, auth, ...) or, for
+    ``verify``/``cert``/``proxy``/..., to its transport.
     """
 
     backend = "http"
@@ -139,9 +150,16 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
         health_path: str = "/",
         circuit_breaker: BreakerSpec = True,
         retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | bool = True,
         **client_options: Any,
     ) -> None:
         url = _validate_base_url(base_url)
+        if not isinstance(retry_budget, RetryBudget | bool):
+            raise PoolConfigError(
+                f"retry_budget of pool '{config.pool_name}' must be a RetryBudget, True "
+                f"(the default budget) or False (none), got {type(retry_budget).__name__}",
+                pool_name=config.pool_name,
+            )
         if enable_http2 and not _h2_installed():
             raise PoolConfigError(
                 "enable_http2=True needs the 'h2' package: pip install 'resync[http2]' "
@@ -167,6 +185,10 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
             config.pool_name, circuit_breaker, BACKEND_BREAKER_DEFAULTS["http"]
         )
         self.http_counters = HTTPCounters()
+        #: Limits the retries of every request of the pool (None: no budget).
+        self.retry_budget: RetryBudget | None = (
+            RetryBudget() if retry_budget is True else retry_budget or None
+        )
         self._client: httpx.AsyncClient | None = None
         self._transport: ResilientTransport | None = None
         self._secret_values = url_secrets(url)
@@ -205,6 +227,8 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
             label=f"pool '{self.name}'",
             on_failure=self._count_failure,
             on_server_error=self._count_server_error,
+            budget=self.retry_budget,
+            deadline_error=self._deadline_error,
         )
         options.setdefault("timeout", httpx.Timeout(cfg.connection_timeout))
         options.setdefault("follow_redirects", True)
@@ -353,7 +377,8 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
         return 0 if core is None else sum(1 for conn in core.connections if conn.is_idle())
 
     def get_stats_snapshot(self) -> dict[str, Any]:
-        """The common stats plus an ``http`` section (requests, retries, failures)."""
+        """The common stats plus an ``http`` section (requests, retries, retries
+        the budget refused, the budget's balance, failures)."""
         data = super().get_stats_snapshot()
         counters = self.http_counters
         data["http"] = {
@@ -362,6 +387,15 @@ class HTTPConnectionPool(ConnectionPool[httpx.AsyncClient]):
             "open_connections": self._open_connections(),
             "requests": counters.requests,
             "retries": counters.retries,
+            "retries_refused": counters.retries_refused,
+            "retry_budget": None
+            if self.retry_budget is None
+            else {
+                "percent": self.retry_budget.percent,
+                "min_per_second": self.retry_budget.min_per_second,
+                "window": self.retry_budget.window,
+                "balance": self.retry_budget.balance,
+            },
             "upstream_failures": counters.upstream_failures,
             "server_errors": counters.server_errors,
         }

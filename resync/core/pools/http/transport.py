@@ -15,9 +15,19 @@ What is retried (:func:`may_retry`), with the pool's :class:`RetryPolicy`
 - never a read timeout: the upstream may be working on it, and retrying an
   overloaded upstream makes it worse.
 
+Retries are also limited by the pool's :class:`~resync.core.retry_budget.RetryBudget`
+(Finagle's: 20 % of the requests of the last 10 s plus 10 per second), so a
+failing upstream gets at most about 1.2 x its load from the pool, whatever
+the retry policy's attempts: a retry the budget refuses is not made (the
+request fails with its last error) and is counted in ``retries_refused``.
+
 Breaker outcomes are recorded once per request, after retries: a transport
 error that says the upstream is failing, or an answer with status >= 500, is
 a failure; any other answer is a success. Cancellation records nothing.
+
+Inside ``resync.deadline()`` each request runs within the time left
+(:mod:`resync.core.pools.http.deadline`): retries and backoff included, the
+body too; past it the pool's ``HTTPDeadlineExceededError``, and no outcome.
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ from dataclasses import dataclass
 
 import httpx
 
+from resync.core.deadlines import DEADLINE
+from resync.core.pools.http.deadline import DeadlineErrorFactory, send_within
 from resync.core.pools.http.httpcore_state import GuardedStream, reclaim_orphaned_connections
 from resync.core.resilience import CircuitBreaker, RetryPolicy
+from resync.core.retry_budget import RetryBudget
 
 __all__ = ["IDEMPOTENT_METHODS", "HTTPCounters", "ResilientTransport", "is_upstream_failure"]
 
@@ -46,10 +59,12 @@ _LOCAL = (httpx.PoolTimeout, httpx.LocalProtocolError, httpx.UnsupportedProtocol
 
 @dataclass(slots=True)
 class HTTPCounters:
-    """Per-pool request counters (requests, retries, upstream failures)."""
+    """Per-pool request counters (requests, retries, retries the budget
+    refused, upstream failures, 5xx answers)."""
 
     requests: int = 0
     retries: int = 0
+    retries_refused: int = 0
     upstream_failures: int = 0
     server_errors: int = 0
 
@@ -73,7 +88,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     ``on_failure`` is called once per failed request (after retries: no
     connection, reset, timeout), ``on_server_error`` once per 5xx answer, for
-    the pool's ``connection_errors`` / ``server_errors``.
+    the pool's ``connection_errors`` / ``server_errors``. ``budget`` (``None``:
+    no budget) limits the retries; ``deadline_error`` builds the pool's
+    deadline error (``None``: requests ignore ``resync.deadline()``).
     Closing this transport closes ``inner``.
     """
 
@@ -87,9 +104,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         label: str,
         on_failure: Callable[[], None] | None = None,
         on_server_error: Callable[[], None] | None = None,
+        budget: RetryBudget | None = None,
+        deadline_error: DeadlineErrorFactory | None = None,
     ) -> None:
         self.inner = inner
         self.retry = retry
+        self.budget = budget
+        self._deadline_error = deadline_error
         self.breaker = breaker
         self.counters = counters
         self._label = label
@@ -102,10 +123,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         Cancellation propagates at once (no retry, no outcome) -- after the
         slot httpcore may have lost to it is reclaimed. The time spent
         is bounded by the client's timeouts per attempt and by the retry
-        policy's attempts and ``max_elapsed`` overall.
+        policy's attempts and ``max_elapsed`` overall, and by the caller's
+        ``resync.deadline()`` if one is in force (then the deadline error).
         """
+        deadline = DEADLINE.get()
+        if deadline is not None and self._deadline_error is not None:
+            return await send_within(
+                deadline, self.handle_async_request, request, self._deadline_error
+            )
         counters = self.counters
         counters.requests += 1
+        if self.budget is not None:
+            self.budget.deposit()
         try:
             try:
                 # The first attempt runs inline: a request that succeeds costs
@@ -142,9 +171,26 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     async def _retry(self, request: httpx.Request, failed: BaseException) -> httpx.Response:
         inner = self.inner
+        budget = self.budget
+        counters = self.counters
+        attempts = 1
 
         def retryable(error: BaseException) -> bool:
-            return may_retry(request, error)
+            nonlocal attempts
+            if not may_retry(request, error):
+                return False
+            if budget is None or attempts >= self.retry.max_attempts:
+                return True  # (out of attempts: the policy stops it, not the budget)
+            # Checked here, withdrawn in _count_retry: the policy decides and
+            # sleeps in between, with no other task running in between the two.
+            if budget.can_retry():
+                attempts += 1
+                return True
+            counters.retries_refused += 1
+            logger.debug(
+                "%s: retry budget spent (%r); not retrying %s", self._label, budget, request.method
+            )
+            return False
 
         return await self.retry.resume(
             lambda: inner.handle_async_request(request),
@@ -155,6 +201,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     def _count_retry(self, attempt: int, error: BaseException) -> None:
         self.counters.retries += 1
+        if self.budget is not None:
+            self.budget.withdraw()
         logger.debug(
             "%s: attempt %d failed (%s: %s); retrying",
             self._label,

@@ -13,6 +13,14 @@ Commands issued concurrently on one leased client (``asyncio.gather``) take
 turns on the connection, as with redis-py's single-connection client. A client
 used after its lease ended fails with ``RuntimeError`` instead of writing to a
 connection that another caller may hold by then.
+
+Inside ``resync.deadline()`` (:meth:`LeasedConnectionPool.bind_deadline`) each
+command's wait for its turn and the connection's socket timeouts (the write,
+each read, a reconnect) are capped by the time left when the command starts;
+a black-holed server answers no read, so the command ends at the deadline
+(redis-py then closes the socket). A command started after the deadline fails
+at once with the pool's ``RedisDeadlineExceededError``, sending nothing. A
+pub/sub read given its own ``timeout=`` (or none: ``listen()``) keeps it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
+from resync.core.deadlines import Deadline
+from resync.core.pools.kernel.deadlines import out_of_time
 from resync.core.pools.kernel.pacing import expiry
 
 __all__ = [
@@ -81,6 +91,11 @@ class LeasedConnectionPool:
         self._turn_timeout = math.inf
         #: True while a lease holds the record; commands outside a lease are refused.
         self.active = False
+        #: The lease's deadline (``resync.deadline()``), or None.
+        self.deadline: Deadline | None = None
+        self._deadline_error: Callable[[Deadline], BaseException] | None = None
+        # (connection, socket_timeout, socket_connect_timeout) before the cap.
+        self._uncapped: tuple[Any, Any, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not defined here.
@@ -114,6 +129,8 @@ class LeasedConnectionPool:
                 f"this Redis client belongs to a lease of {self.label} that has ended; "
                 "use the client only inside 'async with pool.get_connection() as client'"
             )
+        if self.deadline is not None:
+            return await self._take_within(self.deadline)
         turn = self._turn
         if not turn.locked():
             await turn.acquire()
@@ -127,6 +144,62 @@ class LeasedConnectionPool:
                 f"{self._turn_timeout:g}s (a pipeline or pub/sub still holds it?)"
             ) from None
         return self._connection
+
+    # --- deadlines ------------------------------------------------------------------------
+
+    def bind_deadline(self, deadline: Deadline, error: Callable[[Deadline], BaseException]) -> None:
+        """Cap this lease's commands by ``deadline``; ``error(deadline)`` is the
+        pool's deadline error for a command started after it."""
+        self.deadline = deadline
+        self._deadline_error = error
+
+    def unbind_deadline(self) -> None:
+        """The lease ended: its connection gets its own socket timeouts back."""
+        self.deadline = None
+        self._deadline_error = None
+        uncapped, self._uncapped = self._uncapped, None
+        if uncapped is not None:
+            conn, timeout, connect_timeout = uncapped
+            conn.socket_timeout = timeout
+            conn.socket_connect_timeout = connect_timeout
+
+    def _out_of_time(self, deadline: Deadline) -> BaseException:
+        error = self._deadline_error
+        if error is None:  # pragma: no cover - bound together with the deadline
+            return TimeoutError(f"the deadline of a lease of {self.label} ran out")
+        return error(deadline)
+
+    async def _take_within(self, deadline: Deadline) -> AbstractConnection:
+        """``get_connection`` under a deadline: the turn and the socket
+        timeouts capped by the time left; past it, the deadline error."""
+        if out_of_time(deadline):
+            raise self._out_of_time(deadline)
+        turn = self._turn
+        if turn.locked():
+            try:
+                async with asyncio.timeout(min(self._turn_timeout, deadline.remaining())):
+                    await turn.acquire()
+            except TimeoutError:
+                if out_of_time(deadline):
+                    raise self._out_of_time(deadline) from None
+                raise TimeoutError(
+                    f"the leased connection of {self.label} stayed busy for "
+                    f"{self._turn_timeout:g}s (a pipeline or pub/sub still holds it?)"
+                ) from None
+        else:
+            await turn.acquire()
+        left = deadline.remaining()
+        if left <= 0:
+            turn.release()
+            raise self._out_of_time(deadline)
+        conn: Any = self._connection
+        uncapped = self._uncapped
+        if uncapped is None or uncapped[0] is not conn:
+            uncapped = self._uncapped = (conn, conn.socket_timeout, conn.socket_connect_timeout)
+        _, timeout, connect_timeout = uncapped
+        conn.socket_timeout = left if not timeout else min(timeout, left)
+        conn.socket_connect_timeout = left if not connect_timeout else min(connect_timeout, left)
+        return conn  # type: ignore[no-any-return]
 
     async def release(self, connection: AbstractConnection) -> None:
         """Hand the connection to the next command of the lease."""

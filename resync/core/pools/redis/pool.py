@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -50,7 +51,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError as RedisResponseError
 
-from resync.core.exceptions import REDIS_ERRORS, PoolConfigError, ResyncError
+from resync.core.deadlines import Deadline
+from resync.core.exceptions import (
+    REDIS_ERRORS,
+    DeadlineExceededError,
+    PoolConfigError,
+    ResyncError,
+)
 from resync.core.pools.kernel.loops import start_task, stop_task
 from resync.core.pools.kernel.pacing import ConnectBackoff
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
@@ -217,14 +224,28 @@ class RedisConnectionPool(ConnectionPool[Redis]):
 
     async def _release_connection(self, connection: Redis, error: BaseException | None) -> None:
         if error is not None:
-            if self._is_backend_failure(error):
+            if isinstance(error, DeadlineExceededError):
+                pass  # the caller's time ran out, not the server: no connection error
+            elif self._is_backend_failure(error):
                 self.stats.connection_errors += 1
             elif isinstance(error, RedisResponseError):  # WRONGTYPE, NOSCRIPT ...: an answer
                 self.stats.server_errors += 1
         record = self._stock.record_of(connection)
         if record is None:  # pragma: no cover - only the stock's clients are handed out
             return
+        if record.adapter.deadline is not None:
+            record.adapter.unbind_deadline()
         await self._stock.check_in(record, clean=error is None or not leaves_state_unknown(error))
+
+    def _bind_deadline(self, connection: Any, deadline: Deadline) -> Callable[[], object] | None:
+        # Each command caps its socket timeouts by the time left (connections.py):
+        # no timer is needed, and a command after the deadline is refused at once.
+        record = self._stock.record_of(connection)
+        if record is not None:
+            record.adapter.bind_deadline(
+                deadline, lambda late: self._deadline_error(late, "before a Redis command")
+            )
+        return None
 
     async def _ping(self, connection: Redis) -> None:
         if await connection.ping() is not True:
