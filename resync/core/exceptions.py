@@ -37,7 +37,7 @@ The tree::
     │   ├── DatabaseConnectionLostError (ConnectionError) the connection broke during a lease
     │   ├── DatabaseInvalidTextError (UnicodeError) a value no driver can encode (lone surrogate)
     │   ├── DatabaseCommitUnknownError           connection lost during COMMIT: outcome unknown
-    │   ├── DatabaseSandboxError                 a test sandbox cannot run this lease or statement
+    │   ├── DatabaseSandboxError (+ PoolError)   a test sandbox cannot run this lease or statement
     │   └── RedisPoolError                       the Redis family (a DatabaseError, as in the seed)
     │       ├── RedisPoolTimeoutError  (+ PoolTimeoutError)
     │       ├── RedisDeadlineExceededError (+ DeadlineExceededError)
@@ -317,7 +317,7 @@ class DatabaseCommitUnknownError(DatabaseError):
     """
 
 
-class DatabaseSandboxError(DatabaseError):
+class DatabaseSandboxError(DatabaseError, PoolError):
     """A test sandbox (``resync.testing``) cannot run this lease or statement.
 
     Raised for a driver the sandbox does not support, a pool in AUTOCOMMIT

@@ -19,6 +19,16 @@ Fixtures:
   and HTTP need ``REDIS_URL`` / ``TWS_BASE_URL``; without them the fixture fails
   saying so. ``db_session`` rolls back what the test did not commit.
 
+Database sandbox (``resync_sandbox`` fixture, ``@pytest.mark.resync_sandbox``, or
+``resync_sandbox = true`` in the ini for every async test): for the test's
+duration every lease of every database pool -- from the test body, from an app
+called in-process (``httpx.ASGITransport``, ``asgi_lifespan``), from tasks the
+test creates -- runs on one connection per database inside one transaction,
+a savepoint per lease, rolled back at the end (see
+:mod:`resync.core.pools.database.sandbox`). ``resync.testing.outside_sandbox()``
+opts code out. Synchronous tests are never sandboxed (they run no loop the
+sandbox could live on): marking one is an error, the ini switch skips them.
+
 Guards, around each guarded test:
 
 - the process-wide manager (``get_connection_pool_manager()``) is reset before
@@ -53,6 +63,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from resync.core.pools.database.sandbox import Sandbox
     from resync.core.pools.pool_manager import ConnectionPoolManager
     from resync.settings import Settings
 
@@ -68,6 +79,7 @@ __all__ = [
     "http_client",
     "redis_client",
     "resync_manager",
+    "resync_sandbox",
     "resync_settings",
     "resync_settings_overrides",
 ]
@@ -87,6 +99,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
     )
     parser.addini(
+        "resync_sandbox",
+        "resync: run every async test's database leases in a sandbox (one transaction, "
+        "rolled back at the end), as if each used the resync_sandbox fixture",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
         "resync_leak_grace",
         "resync: seconds a finished test's tasks get to end before they count as leaked",
         default="0.5",
@@ -101,6 +120,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "resync_settings(**overrides): settings for the resync_settings fixture"
+    )
+    config.addinivalue_line(
+        "markers",
+        "resync_sandbox: run this test's database leases in one transaction, rolled back "
+        "at the end (the resync_sandbox fixture)",
     )
 
 
@@ -196,6 +220,7 @@ _RESYNC_FIXTURES = frozenset(
     {
         "resync_settings",
         "resync_manager",
+        "resync_sandbox",
         "resync_db_session",
         "resync_redis_client",
         "resync_http_client",
@@ -270,6 +295,76 @@ def _async_fixture(function: _F) -> _F:
     if _asyncio_plugin is not None:
         return cast(_F, _asyncio_plugin.fixture(function))
     return cast(_F, pytest.fixture(function))  # pragma: no cover
+
+
+# --- the database sandbox ---------------------------------------------------------------
+
+
+def _is_async(item: pytest.Item) -> bool:
+    return _asyncio_plugin is not None and bool(_asyncio_plugin.is_async_test(item))
+
+
+def _wants_sandbox(request: pytest.FixtureRequest) -> bool:
+    """Does this test run in a database sandbox (the fixture, the mark or the ini)?"""
+    node = request.node
+    if "resync_sandbox" in request.fixturenames or node.get_closest_marker("resync_sandbox"):
+        return True
+    return bool(request.config.getini("resync_sandbox")) and _is_async(node)
+
+
+async def _open_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    from resync.core.pools.database.sandbox import Sandbox
+
+    box = Sandbox(request.node.nodeid)
+    token = box.activate()
+    try:
+        yield box
+    finally:
+        box.deactivate(token)
+        await box.close()
+
+
+def _scoped_sandbox(scope: str) -> Any:
+    # On the test's own loop, as the loop guards are (see _scoped_loop_guard).
+    async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+        async for box in _open_sandbox(request):
+            yield box
+
+    return _asyncio_plugin.fixture(sandbox, loop_scope=scope, name=f"_resync_sandbox_{scope}")
+
+
+if _asyncio_plugin is not None:
+    for _scope in _SCOPES:
+        globals()[f"_resync_sandbox_{_scope}"] = _scoped_sandbox(_scope)
+
+
+@pytest.fixture
+def resync_sandbox(request: pytest.FixtureRequest) -> Sandbox:
+    """This test's database sandbox: every database lease on one connection per
+    database, inside one transaction rolled back when the test ends.
+
+    Commits inside it release savepoints, rollbacks roll back to them; leases
+    take turns on the connection (a lease taken under a held one nests in
+    it). ``resync.testing.outside_sandbox()`` opts a block out. Only for async
+    (pytest-asyncio) tests.
+    """
+    if not _is_async(request.node):
+        pytest.fail(
+            f"{request.node.nodeid}: the resync sandbox needs an async test (pytest-asyncio): "
+            "a synchronous test runs no event loop the sandbox's connection could live on; "
+            "make the test 'async def' or drop resync_sandbox",
+            pytrace=False,
+        )
+    box: Sandbox = request.getfixturevalue(f"_resync_sandbox_{_loop_scope(request.node)}")
+    return box
+
+
+@pytest.fixture(autouse=True)
+def _resync_sandbox_auto(request: pytest.FixtureRequest) -> None:
+    # Set up before the test's other function fixtures (autouse ones come
+    # first), so a manager or a db_session fixture already leases inside it.
+    if _wants_sandbox(request):
+        request.getfixturevalue("resync_sandbox")
 
 
 # --- fixtures ---------------------------------------------------------------------------
