@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from resync.core.exceptions import PoolConfigError
 from resync.core.pools.base_pool import ConnectionPoolConfig
@@ -105,3 +107,41 @@ def test_a_bad_check_names_the_pool_and_the_choices(pg_url: str) -> None:
     config = ConnectionPoolConfig(pool_name="bypass-bad", min_size=1, max_size=1)
     with pytest.raises(PoolConfigError, match=r"check must be one of window, always.*bypass-bad"):
         DatabaseConnectionPool(config, pg_url, check="sometimes")
+
+
+async def test_objects_added_without_a_statement_are_still_committed(
+    pg_url: str, admin: asyncpg.Connection
+) -> None:
+    name = f"bypass_orm_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, v text)")
+    try:
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Row(Base):
+            __tablename__ = name
+            id: Mapped[int] = mapped_column(primary_key=True)
+            v: Mapped[str]
+
+        config = ConnectionPoolConfig(pool_name="bypass-orm", min_size=1, max_size=1)
+        async with DatabaseConnectionPool(config, pg_url) as pool:
+            async with pool.get_connection() as session:
+                await session.execute(text("SELECT 1"))  # hot
+            async with pool.get_connection() as session:
+                session.add(Row(v="kept"))  # no statement yet: the commit flushes it
+        assert await admin.fetchval(f"SELECT v FROM {name}") == "kept"
+    finally:
+        await admin.execute(f"DROP TABLE {name}")
+
+
+async def test_options_set_on_an_untouched_core_lease_are_undone(pg_url: str) -> None:
+    config = ConnectionPoolConfig(pool_name="bypass-options", min_size=1, max_size=1)
+    async with DatabaseConnectionPool(config, pg_url) as pool:
+        async with pool.connection() as conn:
+            await conn.execute(text("SELECT 1"))  # hot
+        async with pool.connection() as conn:
+            await conn.execution_options(isolation_level="SERIALIZABLE")
+        async with pool.connection() as conn:
+            level = (await conn.execute(text("SHOW transaction_isolation"))).scalar()
+        assert level == "read committed"

@@ -128,9 +128,12 @@ class DriverLeases:
                 return False
             if _is_driver_error(error):
                 self.stats.server_errors += 1
+        open_transaction = _in_transaction(driver)
+        if not open_transaction and self.reset is None:
+            return True  # nothing to send: no timer either (the hot path)
         try:
             async with asyncio.timeout(self.rollback_timeout):
-                if _in_transaction(driver):
+                if open_transaction:
                     await _roll_back(driver)
                 if self.reset is not None:
                     await self.reset(driver)

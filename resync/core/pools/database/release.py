@@ -153,7 +153,13 @@ class LeaseEnd:
         failure: Exception | None = None
         commit_sent = False
         try:
-            if error is None:
+            if error is None and held is not None and self._untouched(session, held):
+                # An empty hot lease: nothing to flush, commit or reset, so no
+                # greenlet either; close() of a session without a transaction
+                # does no I/O.
+                session.sync_session.close()
+                reusable = True
+            elif error is None:
                 try:
                     reusable = await session.run_sync(_commit_and_close, held)
                 except _CommitFailed as exc:
@@ -189,7 +195,9 @@ class LeaseEnd:
         reusable = False
         failure: Exception | None = None
         try:
-            if error is None:
+            if error is None and self._connection_untouched(connection, held):
+                reusable = True  # an empty hot lease: nothing began, nothing to end
+            elif error is None:
                 try:
                     reusable = await connection.run_sync(_commit_connection, held)
                 except _CommitFailed as exc:
@@ -203,6 +211,27 @@ class LeaseEnd:
             self.stock.check_in(held, reusable)
         if failure is not None:
             self._raise_commit_failure(failure, commit_sent=True)
+
+    def _untouched(self, session: AsyncSession, held: ConnectionRecord) -> bool:
+        sync = session.sync_session
+        return (
+            not sync.in_transaction()
+            and not sync.new
+            and not sync.deleted
+            and not sync.dirty
+            and self._connection_untouched(held.conn, held)
+        )
+
+    def _connection_untouched(self, connection: AsyncConnection, held: ConnectionRecord) -> bool:
+        # No statement ran (the hot checkout's BEGIN still waits for one), no
+        # transaction was begun and no execution option was set on it.
+        sync = connection.sync_connection
+        return (
+            self.stock.untouched(held)
+            and sync is not None
+            and not sync.in_transaction()
+            and sync.get_execution_options() is held.options
+        )
 
     async def _roll_back_connection(
         self, connection: AsyncConnection, held: ConnectionRecord, cause: BaseException

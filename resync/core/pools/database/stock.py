@@ -338,6 +338,10 @@ class ConnectionStock:
             return False
         return True
 
+    def untouched(self, held: ConnectionRecord) -> bool:
+        """Has nothing been sent on ``held`` since its hot checkout (its BEGIN still waits)?"""
+        return held.dbapi in self._armed
+
     def _before_statement(
         self,
         conn: Connection,
