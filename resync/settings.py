@@ -251,6 +251,19 @@ class Settings(BaseSettings):
     )
     HTTP_BREAKER_FAILURE_THRESHOLD: int = Field(default=_HTTP_BREAKER.failure_threshold)
     HTTP_BREAKER_RECOVERY_TIMEOUT: float = Field(default=_HTTP_BREAKER.recovery_timeout)
+    HTTP_RETRY_BUDGET_PERCENT: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="Retries of the HTTP pools: at most this % of the requests of the last 10 s "
+        "(Finagle's retry budget; 0 with HTTP_RETRY_BUDGET_MIN_PER_SECOND=0: no retries).",
+    )
+    HTTP_RETRY_BUDGET_MIN_PER_SECOND: float = Field(
+        default=10.0,
+        ge=0,
+        description="...plus this many retries per second (a reserve of 10x it over the window), "
+        "so a pool with few requests can still retry a blip.",
+    )
     HTTP_VERIFY: bool | Path = Field(
         default=True,
         description="Check the upstream's TLS certificate: true (system CAs), false, "

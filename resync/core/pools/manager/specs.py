@@ -24,6 +24,7 @@ from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig
 from resync.core.pools.manager.tls import database_tls_options, http_tls_options, redis_tls_options
 from resync.core.redact import mask_url
 from resync.core.resilience import BACKEND_BREAKER_DEFAULTS, BreakerSpec, CircuitBreakerConfig
+from resync.core.retry_budget import RetryBudget
 
 __all__ = [
     "DATABASE_POOL",
@@ -211,6 +212,7 @@ def pool_specs(source: object) -> list[PoolSpec]:
                 read_setting(source, "HTTP_REQUIRED", False),
                 {
                     "enable_http2": read_setting(source, "HTTP_ENABLE_HTTP2", False),
+                    "retry_budget": http_retry_budget(source),
                     **http_tls_options(source, HTTP_POOL),
                 },
                 breaker_config(source, "http"),
@@ -218,6 +220,14 @@ def pool_specs(source: object) -> list[PoolSpec]:
         )
     specs.extend(named_pool_specs(source))
     return specs
+
+
+def http_retry_budget(source: object) -> RetryBudget:
+    """The retry budget of an HTTP pool (``HTTP_RETRY_BUDGET_*``; Finagle's defaults)."""
+    return RetryBudget(
+        percent=float(read_setting(source, "HTTP_RETRY_BUDGET_PERCENT", 20.0)),
+        min_per_second=float(read_setting(source, "HTTP_RETRY_BUDGET_MIN_PER_SECOND", 10.0)),
+    )
 
 
 def named_pool_specs(source: object) -> list[PoolSpec]:
@@ -244,7 +254,7 @@ def named_pool_specs(source: object) -> list[PoolSpec]:
                 config,
                 entry.url,
                 entry.required,
-                {},
+                {"retry_budget": http_retry_budget(source)} if backend == "http" else {},
                 breaker_config(source, backend),
             )
         )
