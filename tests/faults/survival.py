@@ -23,6 +23,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -85,8 +86,15 @@ class Survival:
     to the same value, so one bound covers queueing, connecting and talking).
     """
 
-    def __init__(self, pool: ConnectionPool[Any], timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        timeout: float | None = None,
+        lease: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> None:
         self.pool = pool
+        #: What one lease is (default ``pool.get_connection``; e.g. ``pool.driver_connection``).
+        self._lease = pool.get_connection if lease is None else lease
         self.timeout = pool.config.connection_timeout if timeout is None else timeout
         self.bound = self.timeout * 1.1 + 0.05
         self.observed = OBSERVED.setdefault(_scenario(), Observed())
@@ -102,7 +110,7 @@ class Survival:
         result: object = None
         error: ResyncError | None = None
         try:
-            async with self.pool.get_connection() as connection:
+            async with self._lease() as connection:
                 if body is not None:
                     result = await body(connection)
         except ResyncError as exc:
