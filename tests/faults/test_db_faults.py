@@ -90,12 +90,12 @@ KINDS = ("session", "core", "driver")
 
 def survival_of(pool: DatabaseConnectionPool, kind: str) -> Survival:
     """The survival rules over one lease kind of ``pool``."""
-    lease = {
+    leases: dict[str, Callable[[], Any]] = {
         "session": pool.get_connection,
         "core": pool.connection,
         "driver": pool.driver_connection,
-    }[kind]
-    return Survival(pool, lease=lease)
+    }
+    return Survival(pool, lease=leases[kind])
 
 
 async def run(conn: Any, sql: str) -> None:
