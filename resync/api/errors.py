@@ -23,6 +23,7 @@ pool not started yet / shutting down  503    ``pool_not_ready`` /        1 / 5
                                              ``shutting_down``
 pool not configured                   503    ``pool_not_configured``     5
 statement timeout                     504    ``statement_timeout``       --
+the request's deadline ran out        504    ``deadline_exceeded``       --
 commit outcome unknown                500    ``commit_outcome_unknown``  --
 upstream HTTP API failed              502    ``upstream_error``          --
 any other resync error                500    ``backend_error``           --
@@ -35,6 +36,17 @@ The request id is the caller's ``X-Request-ID`` when it is a plain token
 (letters, digits, ``.-_:``, at most 64 characters), otherwise a new one; it is
 returned in the ``X-Request-ID`` header of every answer and available to log
 records as ``request_id`` (see :func:`current_request_id`).
+
+Deadlines: a request may say how long its caller will wait, in
+``X-Request-Timeout`` (seconds, a decimal: ``2.5``) or gRPC's ``grpc-timeout``
+(an integer of at most 8 digits and a unit: ``H`` hours, ``M`` minutes, ``S``
+seconds, ``m`` milliseconds, ``u`` microseconds, ``n`` nanoseconds:
+``100m``); with both, the earlier wins. The request then runs inside
+``resync.deadline()`` of that many seconds, from when the middleware saw it:
+every lease and every call on a leased connection is bounded by it, and one
+that runs out answers 504 ``deadline_exceeded``. A malformed value is ignored
+(logged at DEBUG, the request served without a deadline): a proxy or client
+sending a header resync does not understand must not break the request.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ import math
 import re
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -55,11 +67,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from resync.core.deadlines import deadline
 from resync.core.exceptions import (
     BackendUnavailableError,
     DatabaseCommitUnknownError,
     DatabaseConnectionLostError,
     DatabaseStatementTimeoutError,
+    DeadlineExceededError,
     HTTPConnectError,
     ManagerError,
     PoolClosedError,
@@ -74,18 +88,28 @@ from resync.core.exceptions import (
 from resync.core.pools.manager.specs import DATABASE_POOL, HTTP_POOL, REDIS_POOL
 
 __all__ = [
+    "GRPC_TIMEOUT_HEADER",
     "REQUEST_ID_HEADER",
+    "REQUEST_TIMEOUT_HEADER",
     "SETUP_HINTS",
     "ErrorAnswer",
     "RequestContextMiddleware",
     "classify",
     "current_request_id",
+    "deadline_of_headers",
     "install_error_handlers",
 ]
 
 logger = logging.getLogger("resync.api")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: The request's deadline in seconds (a decimal), set as ``resync.deadline()``.
+REQUEST_TIMEOUT_HEADER = "X-Request-Timeout"
+#: gRPC's form of the same (``100m``, ``2S``); see the module docstring.
+GRPC_TIMEOUT_HEADER = "grpc-timeout"
+_SECONDS = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*$")
+_GRPC_TIMEOUT = re.compile(r"^\s*(\d{1,8})([HMSmun])\s*$")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _request_id: ContextVar[str | None] = ContextVar("resync_request_id", default=None)
 
@@ -152,6 +176,8 @@ def classify(exc: BaseException, breaker_retry_after: float | None = None) -> Er
     if not isinstance(exc, ResyncError):
         return ErrorAnswer(500, "internal_error", "internal error; quote the request id")
     where = _pool_words(exc.pool_name)
+    if isinstance(exc, DeadlineExceededError):
+        return ErrorAnswer(504, "deadline_exceeded", f"{where}: the request's deadline ran out")
     if isinstance(exc, DatabaseStatementTimeoutError):
         return ErrorAnswer(504, "statement_timeout", f"{where}: the statement timed out")
     if isinstance(exc, DatabaseCommitUnknownError):
@@ -208,6 +234,33 @@ def _request_id_of(scope: Scope) -> str:
                 return str(text)
             break
     return uuid.uuid4().hex
+
+
+def deadline_of_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[float, str] | None:
+    """The deadline a request asks for: (seconds, the header's name), or None.
+
+    Reads ``X-Request-Timeout`` and ``grpc-timeout`` (ASGI headers: lower-case
+    names, bytes); the earlier of the two wins. A malformed value is ignored
+    with a DEBUG log line naming the header (not its value).
+    """
+    found: tuple[float, str] | None = None
+    for name, value in headers:
+        if name == b"x-request-timeout":
+            header, pattern = REQUEST_TIMEOUT_HEADER, _SECONDS
+        elif name == b"grpc-timeout":
+            header, pattern = GRPC_TIMEOUT_HEADER, _GRPC_TIMEOUT
+        else:
+            continue
+        match = pattern.match(value.decode("latin-1"))
+        if match is None:
+            logger.debug("ignoring a malformed %s header (%d bytes)", header, len(value))
+            continue
+        seconds = float(match.group(1))
+        if pattern is _GRPC_TIMEOUT:
+            seconds *= _GRPC_UNITS[match.group(2)]
+        if found is None or seconds < found[0]:
+            found = (seconds, header)
+    return found
 
 
 def _answer(answer: ErrorAnswer, pool: str | None, request_id: str | None) -> JSONResponse:
@@ -306,10 +359,13 @@ async def _bad_text(request: Request, exc: Exception) -> JSONResponse:
 
 
 class RequestContextMiddleware:
-    """Give every request an id, echo it, and turn an unhandled exception into a 500.
+    """Give every request an id and its deadline, echo the id, and turn an
+    unhandled exception into a 500.
 
     Pure ASGI (no body buffering). The id is set in a contextvar for the
-    request's task, so log records and error answers carry it. An exception no
+    request's task, so log records and error answers carry it; a deadline
+    asked for in ``X-Request-Timeout`` or ``grpc-timeout`` (see the module
+    docstring) is set as ``resync.deadline()`` around the app. An exception no
     handler took becomes the contract's ``internal_error`` answer when no
     response has started; it is logged (class and stack, no message) and not
     re-raised, so the server does not print its text as well. A cancelled
@@ -324,6 +380,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _request_id_of(scope)
+        asked = deadline_of_headers(scope.get("headers") or ())
         token = _request_id.set(request_id)
         started = False
 
@@ -337,7 +394,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if asked is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                with deadline(asked[0], source=f"the request's {asked[1]} header"):
+                    await self.app(scope, receive, send_with_id)
         except Exception as exc:
             request = Request(scope)
             if isinstance(exc, UnicodeError):

@@ -27,6 +27,7 @@ from resync.core.exceptions import (
     DatabasePoolOverloadedError,
     DatabasePoolTimeoutError,
     DatabaseStatementTimeoutError,
+    HTTPDeadlineExceededError,
     HTTPStatusError,
     RedisUnavailableError,
 )
@@ -80,6 +81,11 @@ def error_cases(secret: str) -> dict[str, tuple[BaseException, int, str]]:
             behind(DatabaseStatementTimeoutError("statement timed out", pool_name="database")),
             504,
             "statement_timeout",
+        ),
+        "deadline": (
+            behind(HTTPDeadlineExceededError("deadline ran out", pool_name="tws_http")),
+            504,
+            "deadline_exceeded",
         ),
         "commit-unknown": (
             behind(DatabaseCommitUnknownError("commit unknown", pool_name="database")),
