@@ -307,3 +307,70 @@ def test_zero_or_none_leaves_queue_management_off() -> None:
         config = ConnectionPoolConfig(queue_target=off, queue_interval=off)
         assert InMemoryPool(config).gate.managed is False
     assert InMemoryPool(ConnectionPoolConfig(queue_target=0.05, queue_interval=1)).gate.managed
+
+
+def test_a_few_fast_grants_after_a_burst_of_drops_do_not_end_the_dropping_state() -> None:
+    # Gate level, so the newcomer rule stays out of the way: each interval is
+    # judged by the share of its grants within the target (at least half to leave).
+    async def main() -> dict[str, Any]:
+        gate = AdmissionGate(1, queue_target=TARGET, queue_interval=INTERVAL)
+        loop = asyncio.get_running_loop()
+        ended: dict[str, tuple[str, float]] = {}
+        seen: dict[float, bool] = {}
+
+        async def waiter(name: str, at: float) -> None:
+            await asyncio.sleep(at - loop.time())
+            outcome = await gate.wait(30.0)
+            ended[name] = (outcome.value, round(loop.time(), 6))
+
+        async def release(at: float) -> None:
+            await asyncio.sleep(at - loop.time())
+            gate.release()
+
+        async def acquire(at: float) -> None:
+            await asyncio.sleep(at - loop.time())
+            assert gate.try_acquire()
+
+        async def look(at: float) -> None:
+            await asyncio.sleep(at - loop.time())
+            seen[at] = gate.dropping
+
+        assert gate.try_acquire()
+        steps = [
+            waiter("a", 0.001),  # opens [0.001, 1.001)
+            waiter("b", 1.03),  # judges it: dropping; a (1.029 s) dropped
+            release(1.1),  # b granted after 0.07 s: slow
+            waiter("c", 1.15),
+            waiter("d", 1.16),
+            waiter("e", 1.17),
+            release(1.18),  # c after 0.03 s: within target
+            release(1.25),  # d after 0.09 s: slow
+            release(1.32),  # e after 0.15 s: dropped; the slot is free
+            look(1.5),
+            acquire(2.19),
+            waiter("f", 2.2),  # judges [1.03, 2.2): 1 of 3 grants fast -> still dropping
+            look(2.201),
+            waiter("g", 2.21),
+            release(2.23),  # f after 0.03 s
+            release(2.25),  # g after 0.04 s
+            waiter("h", 3.3),  # judges [2.2, 3.3): 2 of 2 fast -> recovered
+            look(3.301),
+            release(3.4),
+            release(3.5),
+        ]
+        await asyncio.gather(*steps)
+        return {"ended": ended, "seen": seen, "dropped": gate.dropped, "in_use": gate.in_use}
+
+    out = run_virtual(main)
+    assert out["seen"] == {1.5: True, 2.201: True, 3.301: False}
+    assert out["ended"] == {
+        "a": ("dropped", 1.03),
+        "b": ("granted", 1.1),
+        "c": ("granted", 1.18),
+        "d": ("granted", 1.25),
+        "e": ("dropped", 1.32),
+        "f": ("granted", 2.23),
+        "g": ("granted", 2.25),
+        "h": ("granted", 3.4),
+    }
+    assert out["dropped"] == 2 and out["in_use"] == 0

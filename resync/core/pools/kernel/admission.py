@@ -44,8 +44,14 @@ event (a caller queuing, a slot handed over) after it ends:
   1.5 x ``queue_target`` to drain at the rate slots were handed over in the
   last interval (it would most likely be dropped at 2 x target anyway, and
   learns it now instead); critical newcomers queue;
-- *leaving*: the first interval in which a queued caller is granted within
-  ``queue_target`` again (or nobody queued at all) ends the dropping state.
+- *leaving*: the first interval in which at least half of the callers
+  granted from the queue got their slot within ``queue_target`` (the median
+  wait is back under the target), or nobody queued at all, ends the dropping
+  state. (DBConnection leaves on the first such grant; resync refuses most
+  newcomers at once while dropping, so the queue is short and a few callers
+  are served fast right after a burst of drops even though the overload
+  goes on -- leaving then would let the queue grow unmanaged for a whole
+  interval again.)
 
 Drop ages: sheddable ``queue_target``, default ``2 x queue_target``,
 critical never (only ``connection_timeout`` bounds a critical wait). Time is
@@ -173,7 +179,7 @@ class AdmissionGate:
         "_rate",
         "_waiters",
         "_window_end",
-        "_window_good",
+        "_window_fast",
         "_window_queued",
         "_window_start",
         "capacity",
@@ -222,7 +228,7 @@ class AdmissionGate:
         self._clock: Callable[[], float] | None = None
         self._window_start = 0.0
         self._window_end = -math.inf  # the first queue event opens the first interval
-        self._window_good = False
+        self._window_fast = 0
         self._window_queued = False
         self._grants = 0
         self._rate = 0.0
@@ -406,7 +412,7 @@ class AdmissionGate:
     def _granted(self, waited: float) -> None:
         self._grants += 1
         if waited <= self.queue_target:
-            self._window_good = True
+            self._window_fast += 1
 
     def _judge(self, now: float) -> None:
         """Close the interval if it is over: enter or leave the dropping state."""
@@ -414,14 +420,22 @@ class AdmissionGate:
             return
         if self._window_end != -math.inf:
             busy = self._window_queued or bool(self._waiters)
-            self.dropping = busy and not self._window_good
+            fast = self._window_fast
+            if not busy:
+                self.dropping = False
+            elif self.dropping:
+                # Leave once most grants are within the target again: a few
+                # fast grants right after a burst of drops are not a recovery.
+                self.dropping = 2 * fast < self._grants or not self._grants
+            else:
+                self.dropping = not fast
             elapsed = now - self._window_start
             self._rate = self._grants / elapsed if elapsed > 0 else 0.0
             if self.dropping:
                 self._drop_stale(now)
         self._window_start = now
         self._window_end = now + self.queue_interval
-        self._window_good = False
+        self._window_fast = 0
         self._window_queued = bool(self._waiters)
         self._grants = 0
 
