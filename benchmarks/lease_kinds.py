@@ -9,7 +9,11 @@ Every implementation ran in the same process, interleaved round by round
 per-round throughput ratios against the row's pair: the driver lease against
 ``asyncpg.Pool`` (its default reset), the Core and session leases against a
 bare SQLAlchemy ``AsyncSession``. ``vs no-reset`` divides the driver lease's
-median throughput by that of an ``asyncpg.Pool`` whose reset is a no-op.
+median throughput by that of an ``asyncpg.Pool`` whose reset is a no-op, and
+``vs engine.connect()`` the Core lease's by SQLAlchemy's ``engine.connect()``
+(the ``sqlalchemy core`` row; absent from runs made before it existed). Round
+trips per lease, counted on the wire: ``python -m benchmarks.pg_roundtrips``
+(``artifacts/roundtrips.md``).
 """
 
 from __future__ import annotations
@@ -22,25 +26,30 @@ from typing import Any
 SHOWN = ("resync driver", "resync core", "resync")
 
 
+def _versus(row: dict[str, Any], other: dict[str, Any] | None) -> str:
+    """``row``'s median throughput over ``other``'s, or blank."""
+    if other is None or not other["ops_per_s"]:
+        return ""
+    return f"{row['ops_per_s'] / other['ops_per_s']:.2f}"
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     by = {(r["workload"], r["impl"], r["concurrency"], r["loop"]): r for r in rows}
     lines = [
-        "| loop | workload | callers | lease | ops/s | ratio | vs | vs no-reset | p99÷mean |",
-        "|---|---|---:|---|---:|---:|---|---:|---:|",
+        "| loop | workload | callers | lease | ops/s | ratio | vs | vs no-reset "
+        "| vs engine.connect() | p99÷mean |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     for (workload, impl, callers, loop), row in sorted(by.items()):
         if impl not in SHOWN:
             continue
-        bare = by.get((workload, "asyncpg no-reset", callers, loop))
-        no_reset = (
-            f"{row['ops_per_s'] / bare['ops_per_s']:.2f}"
-            if impl == "resync driver" and bare and bare["ops_per_s"]
-            else ""
-        )
+        no_reset = _versus(row, by.get((workload, "asyncpg no-reset", callers, loop)))
+        core = _versus(row, by.get((workload, "sqlalchemy core", callers, loop)))
         ratio = f"{row['ratio']:.2f}" if row.get("ratio") is not None else ""
         lines.append(
             f"| {loop} | {workload} | {callers} | {impl} | {row['ops_per_s']:,.0f} | {ratio} | "
-            f"{row.get('baseline') or ''} | {no_reset} | {row['p99_over_mean']:.2f} |"
+            f"{row.get('baseline') or ''} | {no_reset if impl == 'resync driver' else ''} | "
+            f"{core if impl == 'resync core' else ''} | {row['p99_over_mean']:.2f} |"
         )
     return lines
 

@@ -14,16 +14,14 @@ __all__ = ["CAUSES", "closing_notes", "explain"]
 #: (target key, workload) -> the cause, as found with pyinstrument (and time.process_time).
 CAUSES: dict[tuple[str, str], str] = {
     ("ratio", "lease: pg"): (
-        "by design, not overhead. A resync database lease is a transaction: checkout sends "
-        "`BEGIN` (asyncpg's `_start_transaction`, from `ConnectionStock._validate`) and a "
-        "lease that ran nothing ends with `ROLLBACK` -- two round trips, where "
-        "SQLAlchemy's `engine.connect()` sends none (and asyncpg one, its reset query). "
-        "pyinstrument over 2,000 empty leases: `BEGIN` 33% and the release (`ROLLBACK` plus "
-        "an empty session commit, ~55 us of CPU) 46% of the wall time. A lease that runs a "
-        "statement pays that `BEGIN` anyway (SQLAlchemy sends it lazily with the first "
-        "statement), which is why the SELECT 1 and read-modify-write ratios are not hurt. "
-        "Kept: the `BEGIN` at checkout is the liveness check that replaces a dead connection "
-        "before the caller sees it (no user-visible error after a server restart)."
+        "see the round trips each side makes in the section counted on the wire below. "
+        "Before commit 17394b7 (the alive-bypass window) a resync session or Core lease "
+        "sent `BEGIN` at checkout as its liveness check and `ROLLBACK` at release: two "
+        "round trips for an empty lease, where SQLAlchemy's empty `Session.begin()` checks "
+        "out nothing and `engine.connect()` sends nothing (pyinstrument over 2,000 empty "
+        "leases then: `BEGIN` 33% and the release 46% of the wall time). A hot lease now "
+        "sends none; a row still under target at one of these commits is CPU per lease "
+        "(building the session), not I/O."
     ),
     ("ratio", "http GET"): (
         "no cost in resync beyond the lease. With `httpx.MockTransport` (no network; CPU per "
@@ -133,13 +131,18 @@ def closing_notes() -> list[str]:
         "being done, so queueing counts. `gc.freeze()` after set-up, as a service is after "
         "start-up. PostgreSQL, Redis, the HTTP upstream, the load generator and the client "
         "share the machine's CPUs.",
-        "- **PostgreSQL round trips.** `asyncpg`: the statement(s) in autocommit (RMW in "
-        "`conn.transaction()`), plus the reset query the pool sends on release. "
-        "`psycopg_pool`: BEGIN with the first statement, COMMIT on exit. `sqlalchemy`: "
-        "`Session.begin()`, i.e. BEGIN, statements, COMMIT -- the unit of work a resync lease "
-        "is. `resync`: the same unit of work; its BEGIN is sent at checkout (it doubles as the "
-        "liveness check), its COMMIT at release. Every connection runs with "
-        "`synchronous_commit = off`, so commits do not wait for a disk shared with other work.",
+        "- **PostgreSQL round trips** (counted on the wire by `benchmarks/pg_roundtrips.py`, "
+        "see its section and `roundtrips.md`). `asyncpg`: the statement(s) in autocommit "
+        "(RMW in `conn.transaction()`), plus the reset query the pool sends on release; "
+        "`asyncpg no-reset` the same without it. `psycopg_pool`: BEGIN, the statement(s), "
+        "COMMIT on exit. `sqlalchemy`: `Session.begin()`, i.e. BEGIN, statements, COMMIT -- "
+        "the unit of work a resync session lease is; `sqlalchemy core`: `engine.connect()` "
+        "and `conn.commit()`, the same exchanges. `resync` and `resync core`: the same unit "
+        "of work (since 17394b7 a hot connection's BEGIN waits for the first statement, so "
+        "an empty hot lease sends nothing); `resync driver`: the statement(s) alone, "
+        "autocommit. Every connection "
+        "runs with `synchronous_commit = off`, so commits do not wait for a disk shared "
+        "with other work.",
         "- **Why resync can be faster than the engine it wraps.** resync keeps its "
         "connections itself over a `NullPool` engine and binds each session to a connection "
         "it already holds, so a lease skips SQLAlchemy's QueuePool checkout and check-in "
@@ -153,18 +156,21 @@ def closing_notes() -> list[str]:
         "request on each arrival and release (O(queue) per request); resync lets at most "
         "`max_size` requests into httpx, so its queue stays short.",
         "- **Lease only.** Check out, `await asyncio.sleep(0)` (so callers really overlap), "
-        "check in; whatever I/O the pool does by itself on that path is part of it: asyncpg "
-        "sends its reset query on release, a resync database lease is a transaction "
-        "(BEGIN at checkout, ROLLBACK at release when nothing ran), SQLAlchemy's "
-        "`engine.connect()` and psycopg_pool's `connection()` send nothing. "
+        "check in; whatever I/O the pool does by itself on that path is part of it (counted "
+        "in the round-trip section): asyncpg sends its reset query on release; SQLAlchemy's "
+        "empty `Session.begin()` (`sqlalchemy`) checks out nothing, its `engine.connect()` "
+        "(`sqlalchemy core`) and psycopg_pool's `connection()` send nothing. "
         "`asyncio.Semaphore` is the floor of any asyncio admission, shown for reference.",
         "- **p99 ÷ mean at 1,000 callers.** With a FIFO queue every caller waits about "
         "1,000 ÷ throughput, so the tail is set by how steady throughput is over one pass "
         "through the queue: a stall of the process (another process taking the CPU, a "
         "collection) adds to every queued caller at once.",
         "- **RSS.** Read from `/proc/self/statm` after a warm-up of 20,000 leases and at the "
-        "end, after a collection both times; the database figure is the database pool's lease "
-        "path on embedded SQLite (session binding, commit, check-in; no network).",
+        "end, after a collection both times; the SQLite figure is the database pool's lease "
+        "path on embedded SQLite (session binding, commit, check-in; no network); the "
+        "PostgreSQL rows are each lease kind's empty lease on one pool, 10 concurrent "
+        "callers, read every 100,000 leases, with a yield inside each lease and without "
+        "(`benchmarks/rss_leases.py`, `rss_leases.md`).",
         "- **Service.** `resync serve --loop <loop>` with PostgreSQL and Redis pools of 10, "
         "driven by wrk (one thread, 30 s timeout) or, without wrk, by the httpx load "
         "generator in `benchmarks/loadgen.py`; GETs are mostly served from the Redis cache "

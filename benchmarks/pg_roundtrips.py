@@ -52,6 +52,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from benchmarks.common import ARTIFACTS, environment
+from benchmarks.harness import emit
 
 __all__ = [
     "CountingProxy",
@@ -374,6 +375,7 @@ async def measure_all(leases: int = LEASES) -> list[dict[str, Any]]:
                     before = proxy.counts.copy()
                     await asyncio.sleep(seconds)
                     records[-1]["idle_round_trips"] = proxy.counts.since(before).ready
+                    emit("tick", workload=workload, impl=impl, part="roundtrips")
         finally:
             await peers.close()
     return records

@@ -5,12 +5,17 @@ One figure per backend and measure (``benchmarks_<backend>_throughput.png``,
 implementation; solid lines for asyncio, dashed for uvloop. Both axes are
 logarithmic: concurrency spans 1 to 1,000 and the implementations' figures
 span orders of magnitude.
+
+``benchmarks_postgres_roundtrips.png``: the round trips per PostgreSQL lease
+counted on the wire (:mod:`benchmarks.pg_roundtrips`), one bar per
+implementation, one group per workload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,7 +25,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks.harness import Row
 
-__all__ = ["plot_all"]
+__all__ = ["plot_all", "plot_roundtrips"]
 
 _STYLES = {"asyncio": "-", "uvloop": "--"}
 _MEASURES: dict[str, tuple[str, Callable[[Row], float]]] = {
@@ -80,3 +85,29 @@ def plot_all(rows: list[Row], out_dir: Path) -> list[Path]:
         for measure in _MEASURES:
             paths.append(_figure(subset, backend, measure, out_dir))
     return paths
+
+
+def plot_roundtrips(records: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Round trips per lease, grouped by workload; the path written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workloads = list(dict.fromkeys(r["workload"] for r in records))
+    impls = list(dict.fromkeys(r["impl"] for r in records))
+    by = {(r["workload"], r["impl"]): r["round_trips_per_lease"] for r in records}
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / max(1, len(impls))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, impl in enumerate(impls):
+        xs = [w + (i - (len(impls) - 1) / 2) * width for w in range(len(workloads))]
+        values = [by.get((workload, impl), 0.0) for workload in workloads]
+        bars = ax.bar(xs, values, width, label=impl, color=palette[i % len(palette)])
+        ax.bar_label(bars, labels=[f"{v:g}" for v in values], fontsize=7)
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_ylabel("round trips per lease (ReadyForQuery)")
+    ax.set_title("PostgreSQL: round trips per hot lease, counted by a proxy", fontsize=11)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "benchmarks_postgres_roundtrips.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -5,7 +5,10 @@ Targets (reported, never asserted in tests):
 - ratio: resync ÷ the path it wraps >= 0.97 at every concurrency;
 - tail: p99 ÷ mean <= 1.3 at 1,000 callers for every resync pool;
 - errors: none at 1,000 callers (30 s acquire timeout everywhere);
-- RSS: flat (± 5%) across 1,000,000 leases.
+- RSS: flat (± 5%) across 1,000,000 leases;
+- round trips (when the ``roundtrips`` part ran, counted on the wire by
+  :mod:`benchmarks.pg_roundtrips`): one per single-statement driver lease,
+  none for an empty hot lease of any resync kind.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 from benchmarks.harness import Row
 from benchmarks.notes import closing_notes, explain
+from benchmarks.pg_roundtrips import table as roundtrip_table
 
-__all__ = ["RATIO_TARGET", "TAIL_TARGET", "verdicts", "write"]
+__all__ = ["RATIO_TARGET", "ROUND_TRIP_TARGETS", "TAIL_TARGET", "rss_table", "verdicts", "write"]
 
 RATIO_TARGET = 0.97
 TAIL_TARGET = 1.3
@@ -32,12 +36,44 @@ BACKENDS = {
 }
 
 
+#: (workload, resync implementation) -> the round trips per hot lease issue 16 asks for.
+ROUND_TRIP_TARGETS = {
+    ("pg SELECT 1", "resync driver"): 1.0,
+    ("lease: pg", "resync"): 0.0,
+    ("lease: pg", "resync core"): 0.0,
+    ("lease: pg", "resync driver"): 0.0,
+}
+
+
 def _ours(row: Row) -> bool:
     return row.impl.startswith("resync")
 
 
-def verdicts(rows: list[Row], rss: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per target: met or not, and the rows that miss it."""
+def _round_trip_verdict(trips: list[dict[str, Any]]) -> dict[str, Any]:
+    found = {(t["workload"], t["impl"]): t["round_trips_per_lease"] for t in trips}
+    checked = {key: found[key] for key in ROUND_TRIP_TARGETS if key in found}
+    misses = [(key, value) for key, value in checked.items() if value > ROUND_TRIP_TARGETS[key]]
+    return {
+        "target": "round trips per hot lease: 1 for a driver lease's SELECT 1, "
+        "0 for an empty lease of every kind",
+        "key": "roundtrips",
+        "checked": len(checked),
+        "met": not misses and bool(checked),
+        "misses": [
+            f"{w} / {i}: {v:g} (target {ROUND_TRIP_TARGETS[(w, i)]:g})" for (w, i), v in misses
+        ],
+        "workloads": sorted({w for (w, _), _ in misses}),
+    }
+
+
+def verdicts(
+    rows: list[Row], rss: list[dict[str, Any]], trips: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One record per target: met or not, and the rows that miss it.
+
+    The round-trip target is judged only when ``trips`` (the ``roundtrips``
+    part's records) is given.
+    """
     ratio_rows = [r for r in rows if r.ratio is not None]
     ratio_misses = [r for r in ratio_rows if r.ratio is not None and r.ratio < RATIO_TARGET]
     tail_rows = [r for r in rows if _ours(r) and r.concurrency == TOP and r.backend != "service"]
@@ -49,7 +85,7 @@ def verdicts(rows: list[Row], rss: list[dict[str, Any]]) -> list[dict[str, Any]]
     def label(r: Row) -> str:
         return f"{r.workload} / {r.impl} @{r.concurrency} ({r.loop})"
 
-    return [
+    found = [
         {
             "target": f"resync ÷ wrapped path >= {RATIO_TARGET} at every concurrency",
             "key": "ratio",
@@ -83,6 +119,9 @@ def verdicts(rows: list[Row], rss: list[dict[str, Any]]) -> list[dict[str, Any]]
             "workloads": [r["pool"] for r in rss_misses],
         },
     ]
+    if trips is not None:
+        found.append(_round_trip_verdict(trips))
+    return found
 
 
 def _fmt(value: float) -> str:
@@ -93,11 +132,13 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _table(rows: Iterable[Row]) -> list[str]:
+def _table(rows: Iterable[Row], trips: dict[tuple[str, str], float] | None = None) -> list[str]:
+    """The rows; with ``trips`` ((workload, impl) -> round trips per lease) a column of them."""
+    trips = trips or {}
     lines = [
         "| workload | impl | loop | callers | ops/s | p50 ms | p99 ms | p99/mean | errors "
-        "| ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| ratio |" + (" round trips |" if trips else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if trips else ""),
     ]
     for r in rows:
         ratio = ""
@@ -107,9 +148,36 @@ def _table(rows: Iterable[Row]) -> list[str]:
         tail = f"{r.p99_over_mean:.2f}"
         if _ours(r) and r.concurrency == TOP and r.backend != "service":
             tail += " ✓" if r.p99_over_mean <= TAIL_TARGET else " ✗"
+        trip = trips.get((r.workload, r.impl))
         lines.append(
             f"| {r.workload} | {r.impl} | {r.loop} | {r.concurrency:,} | {r.ops_per_s:,.0f} | "
             f"{_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | {tail} | {r.errors} | {ratio} |"
+            + (f" {'' if trip is None else f'{trip:g}'} |" if trips else "")
+        )
+    return lines
+
+
+def rss_table(records: list[dict[str, Any]]) -> list[str]:
+    """The Markdown table of RSS drift records (any pool's; older records lack some fields)."""
+    every = {r.get("sample_every") for r in records}
+    step = f"every {every.pop():,} leases" if len(every) == 1 and None not in every else "tenths"
+    lines = [
+        "| pool | leases | callers | RSS start MB | RSS end MB | max growth MB | drift "
+        f"| leases/s | CPU s | RSS readings MB ({step}) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in records:
+        ran = f"{r['leases']:,}"
+        if r.get("planned_leases", r["leases"]) > r["leases"]:
+            ran += f" of {r['planned_leases']:,} (time budget)"
+        mark = "✓" if r["met"] else "✗"
+        growth = r.get("max_growth_mb")
+        samples = ", ".join(f"{c:.1f}" for c in r.get("checkpoints_mb", []))
+        lines.append(
+            f"| {r['pool']} | {ran} | {r.get('callers', 1)} | {r['rss_after_warmup_mb']:.1f} | "
+            f"{r['rss_at_end_mb']:.1f} | {'' if growth is None else f'{growth:+.2f}'} | "
+            f"{r['drift_percent']:+.2f}% {mark} | {r['leases_per_s']:,.0f} | "
+            f"{r.get('cpu_seconds', '')} | {samples} |"
         )
     return lines
 
@@ -165,16 +233,23 @@ def write(
     meta: dict[str, Any],
     plots: list[Path],
     failures: list[str],
+    roundtrips: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``benchmarks.json`` and ``benchmarks.md`` into ``out_dir``; the .md path."""
+    """Write ``benchmarks.json`` and ``benchmarks.md`` into ``out_dir``; the .md path.
+
+    ``roundtrips``: the records of :mod:`benchmarks.pg_roundtrips` (a column in
+    the PostgreSQL tables, a section of their own, a target).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    judged = verdicts(rows, rss)
+    judged = verdicts(rows, rss, roundtrips)
+    trips = {(t["workload"], t["impl"]): t["round_trips_per_lease"] for t in roundtrips or []}
     payload = {
         "benchmark": "benchmarks",
         "meta": meta,
         "targets": judged,
         "rows": [r.as_dict() for r in _order(rows, plan)],
         "rss": rss,
+        "roundtrips": roundtrips or [],
         "failures": failures,
     }
     (out_dir / "benchmarks.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -214,24 +289,34 @@ def write(
         section = [r for r in ordered if r.backend == backend]
         if not section:
             continue
-        md += [f"## {title}", "", *_table(section), ""]
+        shown = trips if backend in ("postgres", "lease") else None
+        md += [f"## {title}", "", *_table(section, shown), ""]
         md += [f"![{p.stem}]({p.name})" for p in plots if f"_{backend}_" in p.name]
+        md.append("")
+    if roundtrips:
+        md += [
+            "## Round trips per PostgreSQL lease, counted on the wire",
+            "",
+            f"{roundtrips[0]['leases']} sequential hot leases per row through a counting proxy "
+            "(`benchmarks/pg_roundtrips.py`; how it counts and how to rerun it alone: "
+            "[roundtrips.md](roundtrips.md)). Round trips are the server's ReadyForQuery "
+            "messages after start-up; Query and Sync the client's side of them.",
+            "",
+            *roundtrip_table(roundtrips),
+            "",
+        ]
+        md += [f"![{p.stem}]({p.name})" for p in plots if p.stem.endswith("_roundtrips")]
         md.append("")
     if rss:
         md += [
             "## Resident memory across a million leases",
             "",
-            "| pool | leases | RSS after warm-up MB | RSS at end MB | drift | leases/s |",
-            "|---|---:|---:|---:|---:|---:|",
+            "The PostgreSQL rows: one pool, each lease kind in turn, 10 concurrent callers; "
+            "how to rerun them alone: [rss_leases.md](rss_leases.md).",
+            "",
+            *rss_table(rss),
+            "",
         ]
-        for r in rss:
-            mark = "✓" if r["met"] else "✗"
-            md.append(
-                f"| {r['pool']} | {r['leases']:,} | {r['rss_after_warmup_mb']:.1f} | "
-                f"{r['rss_at_end_mb']:.1f} | {r['drift_percent']:+.2f}% {mark} | "
-                f"{r['leases_per_s']:,.0f} |"
-            )
-        md.append("")
     md += ["## Notes", "", *closing_notes(), ""]
     path = out_dir / "benchmarks.md"
     path.write_text("\n".join(md))

@@ -4,12 +4,16 @@
     python -m benchmarks.run_all --parts pg,redis --loops uvloop --rounds 1
 
 Runs, for asyncio and uvloop in turn: lease-only without I/O, PostgreSQL
-(asyncpg, psycopg_pool, SQLAlchemy, resync), Redis, HTTP and the service end
-to end; then the RSS drift across a million leases and the admission
-benchmark (``benchmarks/bench_admission.py``). A rich progress bar follows
-every round; rows are printed as they finish. Writes
-``artifacts/benchmarks.md``, ``benchmarks.json`` and the PNG plots, and prints
-the total time. A part that fails is reported and the others still run.
+(asyncpg, psycopg_pool, SQLAlchemy's AsyncSession and engine.connect(), and
+resync's session, Core and driver leases), Redis, HTTP and the service end
+to end; then the RSS drift across a million leases (in-memory, SQLite, and
+each PostgreSQL lease kind: ``benchmarks/rss_leases.py``), the round trips per
+PostgreSQL lease counted on the wire (``benchmarks/pg_roundtrips.py``) and the
+admission benchmark (``benchmarks/bench_admission.py``). A rich progress bar
+follows every round; rows are printed as they finish. Writes
+``artifacts/benchmarks.md``, ``benchmarks.json`` and the PNG plots (and
+``roundtrips.*``, ``rss_leases.*``), and prints the total time. A part that
+fails is reported and the others still run.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from benchmarks import pg_roundtrips
 from benchmarks.harness import EVENT_PREFIX, Row, ticks
+from benchmarks.workloads_memory import RSS_TICKS
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -131,12 +137,17 @@ def _admission(runner: Runner, loops: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loops", default=",".join(LOOPS))
-    parser.add_argument("--parts", default=",".join((*PARTS, "rss", "admission")))
+    parser.add_argument("--parts", default=",".join((*PARTS, "rss", "roundtrips", "admission")))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=0.5, help="seconds per round")
     parser.add_argument("--service-duration", type=int, default=1, help="whole seconds")
     parser.add_argument("--rss-leases", type=int, default=1_000_000)
     parser.add_argument("--rss-db-leases", type=int, default=1_000_000)
+    parser.add_argument("--rss-pg-leases", type=int, default=1_000_000, help="per lease kind")
+    parser.add_argument(
+        "--rss-budget", type=float, default=120.0, help="seconds per PostgreSQL RSS row at most"
+    )
+    parser.add_argument("--roundtrip-leases", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ARTIFACTS)
     args = parser.parse_args()
     loops = [loop for loop in args.loops.split(",") if loop]
@@ -148,13 +159,16 @@ def main() -> None:
         if part in plans
         for _, impls in plans[part]
     ) * len(loops)
-    total += 20 * ("rss" in parts) + ("admission" in parts)
+    total += RSS_TICKS * ("rss" in parts) + ("admission" in parts)
+    total += len(pg_roundtrips.WORKLOADS) * len(plans["pg"][0][1]) * ("roundtrips" in parts)
 
     started = time.perf_counter()
+    tree = pg_roundtrips.tree_state()  # the code the workers import
     load_start = os.getloadavg()[0]
     console = Console(width=None if sys.stdout.isatty() else 160)
     rows: list[Row] = []
     rss: list[dict[str, Any]] = []
+    trips: list[dict[str, Any]] | None = None
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -173,8 +187,15 @@ def main() -> None:
                 str(args.rss_leases),
                 "--rss-db-leases",
                 str(args.rss_db_leases),
+                "--rss-pg-leases",
+                str(args.rss_pg_leases),
+                "--rss-budget",
+                str(args.rss_budget),
             ]
             rss = runner.run("rss", "asyncio", extra) or []
+        if "roundtrips" in parts:
+            extra = ["--roundtrip-leases", str(args.roundtrip_leases)]
+            trips = runner.run("roundtrips", "asyncio", extra)
         if "admission" in parts:
             _admission(runner, loops)
     from benchmarks import plots, report
@@ -195,9 +216,24 @@ def main() -> None:
         "total_seconds": time.perf_counter() - started,
     }
     written = plots.plot_all(rows, args.out)
+    if trips:
+        written.append(plots.plot_roundtrips(trips, args.out))
+        pg_roundtrips.write([{**tree, "records": trips}], args.out)
+    pg_rss = [r for r in rss if "PostgreSQL" in r["pool"]]
+    if pg_rss:
+        from benchmarks import rss_leases
+
+        rss_leases.write(pg_rss, args.out, tree)
     plan = [item for part in PARTS for item in plans[part]]
     path = report.write(
-        args.out, rows=rows, rss=rss, plan=plan, meta=meta, plots=written, failures=runner.failures
+        args.out,
+        rows=rows,
+        rss=rss,
+        plan=plan,
+        meta=meta,
+        plots=written,
+        failures=runner.failures,
+        roundtrips=trips,
     )
     for verdict in json.loads((args.out / "benchmarks.json").read_text())["targets"]:
         state = "[green]met[/]" if verdict["met"] else "[red]MISSED[/]"

@@ -3,8 +3,11 @@
     python -m benchmarks.worker --part pg --loop uvloop --rounds 3 --duration 1 --out rows.json
 
 Parts: ``pg``, ``redis``, ``http``, ``lease`` (no I/O), ``service`` (end to
-end) and ``rss``. Rows (or, for ``rss``, the drift records) are written to
-``--out`` as JSON; progress goes to stdout as ``@@bench`` events (see
+end), ``rss`` (in-memory, SQLite and the three PostgreSQL lease kinds,
+:mod:`benchmarks.rss_leases`) and ``roundtrips`` (protocol messages per
+PostgreSQL lease, :mod:`benchmarks.pg_roundtrips`). Rows (for ``rss`` the
+drift records, for ``roundtrips`` the counts) are written to ``--out`` as
+JSON; progress goes to stdout as ``@@bench`` events (see
 :mod:`benchmarks.harness`).
 """
 
@@ -17,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-PARTS = ("pg", "redis", "http", "lease", "service", "rss")
+PARTS = ("pg", "redis", "http", "lease", "service", "rss", "roundtrips")
 
 
 def _runner(loop: str) -> Callable[[Coroutine[Any, Any, Any]], Any]:
@@ -52,9 +55,19 @@ def run_part(part: str, loop: str, rounds: int, duration: float, args: argparse.
 
         rows = workloads_service.run_service(loop, rounds, duration)
     elif part == "rss":
-        from benchmarks import workloads_memory
+        from benchmarks import rss_leases, workloads_memory
 
-        return run(workloads_memory.run_rss(args.rss_leases, args.rss_db_leases))
+        async def rss() -> list[dict[str, Any]]:
+            found = await workloads_memory.run_rss(args.rss_leases, args.rss_db_leases)
+            if args.rss_pg_leases:
+                found += await rss_leases.run_pg(args.rss_pg_leases, budget=args.rss_budget)
+            return found
+
+        return run(rss())
+    elif part == "roundtrips":
+        from benchmarks import pg_roundtrips
+
+        return run(pg_roundtrips.measure_all(args.roundtrip_leases))
     else:
         raise ValueError(f"unknown part {part!r}")
     return [row.as_dict() for row in rows]
@@ -68,6 +81,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per round")
     parser.add_argument("--rss-leases", type=int, default=1_000_000)
     parser.add_argument("--rss-db-leases", type=int, default=1_000_000)
+    parser.add_argument(
+        "--rss-pg-leases", type=int, default=1_000_000, help="per PostgreSQL lease kind"
+    )
+    parser.add_argument(
+        "--rss-budget", type=float, default=120.0, help="seconds per PostgreSQL RSS row"
+    )
+    parser.add_argument("--roundtrip-leases", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     result = run_part(args.part, args.loop, args.rounds, args.duration, args)

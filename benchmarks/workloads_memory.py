@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from benchmarks.harness import Op, Row, compare, emit, settle
@@ -27,7 +30,7 @@ from resync.core.pools.http_pool import HTTPConnectionPool
 from resync.core.pools.resource.pool import ResourcePool
 from resync.testing import InMemoryPool
 
-__all__ = ["PLAN", "RSS_TARGET", "run_lease", "run_rss"]
+__all__ = ["PLAN", "RSS_TARGET", "rss_bytes", "rss_drift", "run_lease", "run_rss"]
 
 POOL_SIZE = 10
 TIMEOUT = 30.0
@@ -93,41 +96,104 @@ def rss_bytes() -> int:
         return 0
 
 
-async def _rss_drift(
-    name: str, pool: ConnectionPool[Any], leases: int, warmup: int
+Lease = Callable[[], AbstractAsyncContextManager[Any]]
+
+
+async def _drive(
+    lease: Lease,
+    total: int,
+    callers: int,
+    *,
+    step: int = 0,
+    on_step: Callable[[int], None] | None = None,
+    deadline: float = math.inf,
+    yield_once: bool = False,
+) -> int:
+    """``total`` empty leases by ``callers`` concurrent callers (fewer past ``deadline``).
+
+    ``yield_once``: each lease yields to the loop once while held, so the
+    callers really overlap (a lease that does no I/O never suspends, and a
+    caller then takes all its leases before the next caller runs).
+    """
+    issued = done = 0
+    perf = time.perf_counter
+    pause = asyncio.sleep
+
+    async def caller() -> None:
+        nonlocal issued, done
+        while issued < total and perf() < deadline:
+            issued += 1
+            async with lease():
+                if yield_once:
+                    await pause(0)
+            done += 1
+            if on_step is not None and done % step == 0:
+                on_step(done)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return done
+
+
+async def rss_drift(
+    name: str,
+    lease: Lease,
+    leases: int,
+    warmup: int,
+    *,
+    callers: int = 1,
+    step: int = 0,
+    budget: float = math.inf,
+    yield_once: bool = False,
 ) -> dict[str, Any]:
-    await pool.initialize()
-    lease = pool.get_connection
-    try:
-        for _ in range(warmup):
-            async with lease():
-                pass
-        gc.collect()
-        before = rss_bytes()
-        checkpoints: list[int] = []
-        step = max(1, leases // 10)
-        start = time.perf_counter()
-        for i in range(1, leases + 1):
-            async with lease():
-                pass
-            if i % step == 0:
-                checkpoints.append(rss_bytes())
-                emit("tick", workload="rss", impl=name, done=i)
-        seconds = time.perf_counter() - start
-        gc.collect()
-        after = rss_bytes()
-    finally:
-        await pool.close()
+    """The resident set across ``leases`` empty leases of ``lease``, read every ``step``.
+
+    Read after ``warmup`` leases and a collection (the start), every ``step``
+    leases (default a tenth), and at the end after a collection. A run that
+    reaches ``budget`` seconds stops there; ``leases`` then says how many ran
+    (``planned_leases`` how many were asked for).
+    """
+    await _drive(lease, warmup, callers, yield_once=yield_once)
+    gc.collect()
+    before = rss_bytes()
+    checkpoints: list[int] = []
+    step = step or max(1, leases // 10)
+
+    def sample(done: int) -> None:
+        checkpoints.append(rss_bytes())
+        emit("tick", workload="rss", impl=name, done=done)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    done = await _drive(
+        lease,
+        leases,
+        callers,
+        step=step,
+        on_step=sample,
+        deadline=start + budget,
+        yield_once=yield_once,
+    )
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    for missed in range(len(checkpoints), leases // step):  # the progress bar's share
+        emit("tick", workload="rss", impl=name, done=done, skipped=missed)
+    gc.collect()
+    after = rss_bytes()
     drift = (after - before) / before * 100 if before else 0.0
+    mb = 2**-20
     return {
         "pool": name,
-        "leases": leases,
+        "leases": done,
+        "planned_leases": leases,
+        "callers": callers,
+        "yield_once": yield_once,
         "warmup_leases": warmup,
-        "rss_after_warmup_mb": round(before / 2**20, 2),
-        "rss_at_end_mb": round(after / 2**20, 2),
+        "rss_after_warmup_mb": round(before * mb, 2),
+        "rss_at_end_mb": round(after * mb, 2),
+        "max_growth_mb": round((max([*checkpoints, after]) - before) * mb, 2),
         "drift_percent": round(drift, 2),
-        "checkpoints_mb": [round(c / 2**20, 2) for c in checkpoints],
-        "leases_per_s": round(leases / seconds, 1),
+        "checkpoints_mb": [round(c * mb, 2) for c in checkpoints],
+        "sample_every": step,
+        "leases_per_s": round(done / seconds, 1) if seconds else 0.0,
+        "cpu_seconds": round(cpu, 1),
         "met": abs(drift) <= RSS_TARGET,
     }
 
@@ -137,10 +203,16 @@ async def run_rss(leases: int, db_leases: int, warmup: int = 20_000) -> list[dic
     memory = InMemoryPool(_config("rss-memory"))
     database = DatabaseConnectionPool(_config("rss-db"), "sqlite+aiosqlite:///:memory:")
     settle()
-    return [
-        await _rss_drift("resync InMemoryPool", memory, leases, warmup),
-        await _rss_drift("resync DatabaseConnectionPool (SQLite)", database, db_leases, warmup),
-    ]
+    found = []
+    for name, pool, count in (
+        ("resync InMemoryPool", memory, leases),
+        ("resync DatabaseConnectionPool (SQLite)", database, db_leases),
+    ):
+        async with pool:
+            found.append(await rss_drift(name, pool.get_connection, count, warmup))
+    return found
 
 
-RSS_TICKS = 20  # two pools, ten checkpoints each
+#: Progress ticks of the ``rss`` part: ten readings per row (two pools here, and
+#: the three PostgreSQL lease kinds twice in benchmarks.rss_leases).
+RSS_TICKS = 10 * (2 + 3 * 2)

@@ -3,16 +3,20 @@
 Against the shared PostgreSQL: a connection's start-up is counted apart, a
 hot prepared ``fetchval('SELECT 1')`` is exactly one ReadyForQuery (one Sync,
 no Query), a simple-protocol ``execute`` one Query, a transaction three
-exchanges; and the framing survives messages split across reads.
+exchanges; the framing survives messages split across reads; and the report
+shows the counts (a column, a section, a plot) and judges them.
 """
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from benchmarks import plots, report
 from benchmarks.pg_roundtrips import CountingProxy, WireParser, proxied_url
 
 pytestmark = pytest.mark.postgres
@@ -53,3 +57,34 @@ async def test_one_hot_select_is_one_round_trip(pg_url: str) -> None:
             assert proxy.counts.since(before).ready == 3  # BEGIN, SELECT 1, COMMIT
         finally:
             await conn.close()
+
+
+async def test_the_report_shows_the_counts_and_judges_them(tmp_path: Path) -> None:
+    def record(workload: str, impl: str, trips: float) -> dict[str, Any]:
+        return {
+            "workload": workload,
+            "impl": impl,
+            "leases": 200,
+            "round_trips_per_lease": trips,
+            "query_per_lease": 0.0,
+            "sync_per_lease": trips,
+            "parse_per_lease": 0.0,
+            "turns_per_lease": trips,
+            "new_connections": 0,
+            "idle_round_trips": 0,
+        }
+
+    trips = [record("pg SELECT 1", "resync driver", 1.0), record("lease: pg", "resync", 2.0)]
+    png = plots.plot_roundtrips(trips, tmp_path)
+    meta = {"when": "now", "platform": "test", "python": "3", "cpus": 2, "load_start": 0.0}
+    meta |= {"load_end": 0.0, "loops": ["asyncio"], "rounds": 1, "duration": 0.1}
+    meta |= {"service_duration": 1, "versions": {}, "total_seconds": 1.0}
+    path = report.write(
+        tmp_path, rows=[], rss=[], plan=[], meta=meta, plots=[png], failures=[], roundtrips=trips
+    )
+    text = path.read_text()
+    assert "| pg SELECT 1 | resync driver | **1** |" in text
+    assert png.name in text and png.stat().st_size > 1000
+    verdict = next(v for v in report.verdicts([], [], trips) if v["key"] == "roundtrips")
+    assert (verdict["met"], verdict["checked"]) == (False, 2)
+    assert verdict["misses"] == ["lease: pg / resync: 2 (target 0)"]
