@@ -156,6 +156,15 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
     with a busy timeout; "database is locked" comes out as a ``DatabaseError``
     naming the pool.
 
+    Deadlines (``resync.deadline()``, a request's ``X-Request-Timeout``): the
+    checkout waits at most the time left; at the deadline the lease's
+    connection is cut off (asyncpg ``terminate()``), so the statement in
+    flight fails at once, nothing is committed, the connection is discarded
+    and the lease raises
+    :class:`~resync.core.exceptions.DatabaseDeadlineExceededError`; a
+    ``COMMIT`` in flight then is ``DatabaseCommitUnknownError``. Why a cut
+    and not a statement timeout: :mod:`~resync.core.pools.database.deadline`.
+
     Cancellation: a lease cancelled while checking out, running a statement,
     committing or rolling back discards its connection (its state is
     unknown; no ``ROLLBACK`` is waited for) and frees its slot.
