@@ -9,6 +9,11 @@ Targets (reported, never asserted in tests):
 - round trips (when the ``roundtrips`` part ran, counted on the wire by
   :mod:`benchmarks.pg_roundtrips`): one per single-statement driver lease,
   none for an empty hot lease of any resync kind.
+
+Written by ``make bench``. Measurements made after a ``make bench``
+(round trips, the PostgreSQL RSS rows) go into its ``benchmarks.md`` with::
+
+    .venv/bin/python -m benchmarks.report --splice  # artifacts/roundtrips.json, rss_leases.json
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import ARTIFACTS
 from benchmarks.harness import Row
 from benchmarks.notes import closing_notes, explain
 from benchmarks.pg_roundtrips import table as roundtrip_table
@@ -234,11 +240,13 @@ def write(
     plots: list[Path],
     failures: list[str],
     roundtrips: list[dict[str, Any]] | None = None,
+    overload: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write ``benchmarks.json`` and ``benchmarks.md`` into ``out_dir``; the .md path.
 
     ``roundtrips``: the records of :mod:`benchmarks.pg_roundtrips` (a column in
-    the PostgreSQL tables, a section of their own, a target).
+    the PostgreSQL tables, a section of their own, a target). ``overload``:
+    the records of :mod:`benchmarks.overload` (a section of their own).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     judged = verdicts(rows, rss, roundtrips)
@@ -250,6 +258,7 @@ def write(
         "rows": [r.as_dict() for r in _order(rows, plan)],
         "rss": rss,
         "roundtrips": roundtrips or [],
+        "overload": overload or [],
         "failures": failures,
     }
     (out_dir / "benchmarks.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -291,7 +300,11 @@ def write(
             continue
         shown = trips if backend in ("postgres", "lease") else None
         md += [f"## {title}", "", *_table(section, shown), ""]
-        md += [f"![{p.stem}]({p.name})" for p in plots if f"_{backend}_" in p.name]
+        md += [
+            f"![{p.stem}]({p.name})"
+            for p in plots
+            if f"_{backend}_" in p.name and not p.stem.endswith("_roundtrips")
+        ]
         md.append("")
     if roundtrips:
         md += [
@@ -317,7 +330,117 @@ def write(
             *rss_table(rss),
             "",
         ]
+    if overload:
+        from benchmarks.overload import table as overload_table
+
+        md += [
+            "## Overload: goodput at 1x-3x capacity",
+            "",
+            "Open and closed loops against a pool of 5 (in-memory and PostgreSQL, 10 ms "
+            "service), queue management off (FIFO until `connection_timeout`) and on, a 250 ms "
+            "client deadline; then the adaptive limit while the service time doubles. How it is "
+            "measured and how to rerun it alone: [overload.md](overload.md).",
+            "",
+            *overload_table(overload),
+            "",
+        ]
+        md += [f"![{p.stem}]({p.name})" for p in plots if p.stem == "overload"]
+        md.append("")
     md += ["## Notes", "", *closing_notes(), ""]
     path = out_dir / "benchmarks.md"
     path.write_text("\n".join(md))
     return path
+
+
+SPLICE_START = "<!-- measured after this run: begin -->"
+SPLICE_END = "<!-- measured after this run: end -->"
+
+
+def splice(
+    md_path: Path,
+    trips: dict[str, Any] | None,
+    rss: dict[str, Any] | None,
+    plot: Path | None = None,
+) -> None:
+    """Put the round-trip and PostgreSQL RSS measurements made after a ``make bench`` into it.
+
+    ``trips`` / ``rss``: the JSON documents :mod:`benchmarks.pg_roundtrips`
+    and :mod:`benchmarks.rss_leases` write. The block goes between two HTML
+    comments (replaced on the next splice) before ``## At 1,000 callers`` (or
+    ``## Notes``); the next ``make bench`` writes these sections itself.
+    """
+    block = [
+        SPLICE_START,
+        "## Measured after this run: round trips and RSS per lease kind (issue 16)",
+        "",
+        "Not part of the `make bench` run above: measured separately, at the commits "
+        "named, with `python -m benchmarks.pg_roundtrips` and `python -m "
+        "benchmarks.rss_leases` (the next `make bench` measures both itself). The rows "
+        "above predate the session, Core and driver lease kinds.",
+        "",
+    ]
+    if trips:
+        leases = trips["runs"][0]["records"][0]["leases"]
+        block += [
+            "### Round trips per PostgreSQL lease, counted on the wire",
+            "",
+            f"{leases} sequential hot leases per row through a counting proxy; the method and "
+            "how to rerun: [roundtrips.md](roundtrips.md).",
+            "",
+        ]
+        for run in trips["runs"]:
+            where = (
+                f"the working tree at `{run['commit']}`"
+                if run["resync"] == "working tree"
+                else f"`resync/` as committed at `{run['commit']}`"
+            )
+            if run.get("uncommitted_in_resync"):
+                where += " (with uncommitted changes; see roundtrips.md)"
+            block += [f"{where}:", "", *roundtrip_table(run["records"]), ""]
+        if plot is not None:
+            block += [f"![{plot.stem}]({plot.name})", ""]
+    if rss:
+        meta = rss["meta"]
+        block += [
+            "### Resident memory across 1,000,000 leases of each PostgreSQL lease kind",
+            "",
+            f"At commit `{meta.get('commit')}`, {meta.get('when')}; the method, how to rerun "
+            "and an earlier run: [rss_leases.md](rss_leases.md).",
+            "",
+            *rss_table(rss["records"]),
+            "",
+        ]
+    block.append(SPLICE_END)
+    text = md_path.read_text()
+    if SPLICE_START in text and SPLICE_END in text:
+        head, rest = text.split(SPLICE_START, 1)
+        text = head + "\n".join(block) + rest.split(SPLICE_END, 1)[1]
+    else:
+        anchor = f"## At {TOP:,} callers" if f"## At {TOP:,} callers" in text else "## Notes"
+        head, _, tail = text.partition(anchor)
+        text = head + "\n".join(block) + "\n\n" + anchor + tail
+    md_path.write_text(text)
+
+
+def main() -> None:
+    """``python -m benchmarks.report --splice``: :func:`splice` into artifacts/benchmarks.md."""
+    import argparse
+
+    from benchmarks import plots as plotting
+
+    parser = argparse.ArgumentParser(description=(splice.__doc__ or "").splitlines()[0])
+    parser.add_argument("--splice", action="store_true", required=True)
+    parser.add_argument("--dir", type=Path, default=ARTIFACTS)
+    args = parser.parse_args()
+    found = {}
+    for name in ("roundtrips", "rss_leases"):
+        path = args.dir / f"{name}.json"
+        found[name] = json.loads(path.read_text()) if path.exists() else None
+    plot = None
+    if found["roundtrips"]:
+        plot = plotting.plot_roundtrips(found["roundtrips"]["runs"][0]["records"], args.dir)
+    splice(args.dir / "benchmarks.md", found["roundtrips"], found["rss_leases"], plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,10 @@ Runs, for asyncio and uvloop in turn: lease-only without I/O, PostgreSQL
 resync's session, Core and driver leases), Redis, HTTP and the service end
 to end; then the RSS drift across a million leases (in-memory, SQLite, and
 each PostgreSQL lease kind: ``benchmarks/rss_leases.py``), the round trips per
-PostgreSQL lease counted on the wire (``benchmarks/pg_roundtrips.py``) and the
-admission benchmark (``benchmarks/bench_admission.py``). A rich progress bar
+PostgreSQL lease counted on the wire (``benchmarks/pg_roundtrips.py``), the
+admission benchmark (``benchmarks/bench_admission.py``) and the overload part
+(goodput at 1x-3x capacity, queue management off and on, the adaptive limit:
+``benchmarks/overload.py``). A rich progress bar
 follows every round; rows are printed as they finish. Writes
 ``artifacts/benchmarks.md``, ``benchmarks.json`` and the PNG plots (and
 ``roundtrips.*``, ``rss_leases.*``), and prints the total time. A part that
@@ -36,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks import pg_roundtrips
 from benchmarks.harness import EVENT_PREFIX, Row, ticks
+from benchmarks.overload import TICKS as OVERLOAD_TICKS
 from benchmarks.workloads_memory import RSS_TICKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +83,8 @@ class Runner:
         out = self.tmp / f"{part}-{loop}.json"
         errors = self.tmp / f"{part}-{loop}.stderr"
         duration = self.args.service_duration if part == "service" else self.args.duration
+        if part == "overload":
+            duration = self.args.overload_duration
         command = [sys.executable, "-m", "benchmarks.worker", "--part", part, "--loop", loop]
         command += ["--rounds", str(self.args.rounds), "--duration", str(duration)]
         command += ["--out", str(out), *(extra or [])]
@@ -137,7 +142,9 @@ def _admission(runner: Runner, loops: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loops", default=",".join(LOOPS))
-    parser.add_argument("--parts", default=",".join((*PARTS, "rss", "roundtrips", "admission")))
+    parser.add_argument(
+        "--parts", default=",".join((*PARTS, "rss", "roundtrips", "admission", "overload"))
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=0.5, help="seconds per round")
     parser.add_argument("--service-duration", type=int, default=1, help="whole seconds")
@@ -148,6 +155,9 @@ def main() -> None:
         "--rss-budget", type=float, default=120.0, help="seconds per PostgreSQL RSS row at most"
     )
     parser.add_argument("--roundtrip-leases", type=int, default=200)
+    parser.add_argument(
+        "--overload-duration", type=float, default=2.0, help="measured seconds per overload cell"
+    )
     parser.add_argument("--out", type=Path, default=ARTIFACTS)
     args = parser.parse_args()
     loops = [loop for loop in args.loops.split(",") if loop]
@@ -160,6 +170,7 @@ def main() -> None:
         for _, impls in plans[part]
     ) * len(loops)
     total += RSS_TICKS * ("rss" in parts) + ("admission" in parts)
+    total += OVERLOAD_TICKS * ("overload" in parts)
     total += len(pg_roundtrips.WORKLOADS) * len(plans["pg"][0][1]) * ("roundtrips" in parts)
 
     started = time.perf_counter()
@@ -169,6 +180,7 @@ def main() -> None:
     rows: list[Row] = []
     rss: list[dict[str, Any]] = []
     trips: list[dict[str, Any]] | None = None
+    overload: list[dict[str, Any]] = []
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -198,6 +210,8 @@ def main() -> None:
             trips = runner.run("roundtrips", "asyncio", extra)
         if "admission" in parts:
             _admission(runner, loops)
+        if "overload" in parts:
+            overload = runner.run("overload", "asyncio") or []
     from benchmarks import plots, report
 
     meta = {
@@ -219,6 +233,11 @@ def main() -> None:
     if trips:
         written.append(plots.plot_roundtrips(trips, args.out))
         pg_roundtrips.write([{**tree, "records": trips}], args.out)
+    if overload:
+        from benchmarks import overload as overload_part
+
+        overload_part.write(overload, args.out, note="run by make bench")
+        written.append(args.out / "overload.png")
     pg_rss = [r for r in rss if "PostgreSQL" in r["pool"]]
     if pg_rss:
         from benchmarks import rss_leases
@@ -234,6 +253,7 @@ def main() -> None:
         plots=written,
         failures=runner.failures,
         roundtrips=trips,
+        overload=overload,
     )
     for verdict in json.loads((args.out / "benchmarks.json").read_text())["targets"]:
         state = "[green]met[/]" if verdict["met"] else "[red]MISSED[/]"

@@ -5,7 +5,8 @@
 Parts: ``pg``, ``redis``, ``http``, ``lease`` (no I/O), ``service`` (end to
 end), ``rss`` (in-memory, SQLite and the three PostgreSQL lease kinds,
 :mod:`benchmarks.rss_leases`) and ``roundtrips`` (protocol messages per
-PostgreSQL lease, :mod:`benchmarks.pg_roundtrips`). Rows (for ``rss`` the
+PostgreSQL lease, :mod:`benchmarks.pg_roundtrips`) and ``overload`` (goodput
+at 1x-3x capacity, :mod:`benchmarks.overload`). Rows (for ``rss`` the
 drift records, for ``roundtrips`` the counts) are written to ``--out`` as
 JSON; progress goes to stdout as ``@@bench`` events (see
 :mod:`benchmarks.harness`).
@@ -20,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-PARTS = ("pg", "redis", "http", "lease", "service", "rss", "roundtrips")
+PARTS = ("pg", "redis", "http", "lease", "service", "rss", "roundtrips", "overload")
 
 
 def _runner(loop: str) -> Callable[[Coroutine[Any, Any, Any]], Any]:
@@ -64,6 +65,10 @@ def run_part(part: str, loop: str, rounds: int, duration: float, args: argparse.
             return found
 
         return run(rss())
+    elif part == "overload":
+        from benchmarks import overload
+
+        return run(overload.run_all(duration=duration))
     elif part == "roundtrips":
         from benchmarks import pg_roundtrips
 
