@@ -44,7 +44,8 @@ seconds, ``m`` milliseconds, ``u`` microseconds, ``n`` nanoseconds:
 ``100m``); with both, the earlier wins. The request then runs inside
 ``resync.deadline()`` of that many seconds, from when the middleware saw it:
 every lease and every call on a leased connection is bounded by it, and one
-that runs out answers 504 ``deadline_exceeded``. A malformed value is ignored
+that runs out answers 504 ``deadline_exceeded``. Once the answer is sent the
+deadline ends: background tasks run after it without one. A malformed value is ignored
 (logged at DEBUG, the request served without a deadline): a proxy or client
 sending a header resync does not understand must not break the request.
 """
@@ -67,7 +68,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from resync.core.deadlines import deadline
+from resync.core.deadlines import DEADLINE, deadline
 from resync.core.exceptions import (
     BackendUnavailableError,
     DatabaseCommitUnknownError,
@@ -392,6 +393,14 @@ class RequestContextMiddleware:
                 headers.append((b"x-request-id", request_id.encode("ascii")))
                 message = {**message, "headers": headers}
             await send(message)
+            if (
+                asked is not None
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                # The answer is out: what runs after it (background tasks) is
+                # no longer the caller's to wait for, so it has no deadline.
+                DEADLINE.set(None)
 
         try:
             if asked is None:

@@ -12,11 +12,12 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from sqlalchemy import text
 
 import resync
@@ -25,6 +26,9 @@ from resync.api.errors import deadline_of_headers
 from resync.settings import Settings
 
 pytestmark = pytest.mark.postgres
+
+#: What the background task saw (time left, its statement's result).
+SEEN: list[object] = []
 
 
 @pytest.fixture
@@ -48,6 +52,19 @@ async def client(pg_url: str) -> AsyncIterator[httpx.AsyncClient]:
     @app.get("/left")
     async def left() -> float | None:
         return resync.time_left()
+
+    @app.get("/later")
+    async def later(tasks: BackgroundTasks) -> str:
+        async def after_the_answer() -> None:
+            import asyncio
+
+            await asyncio.sleep(0.1)  # past the request's deadline
+            SEEN.append(resync.time_left())
+            async with pool_of(app).get_connection() as session:
+                SEEN.append((await session.execute(text("SELECT 1"))).scalar_one())
+
+        tasks.add_task(after_the_answer)
+        return "queued"
 
     async with LifespanManager(app) as running:
         transport = httpx.ASGITransport(app=running.app)
@@ -101,6 +118,19 @@ async def test_a_malformed_header_is_ignored_with_a_debug_line(
         answer = await client.get("/left", headers={"grpc-timeout": value})
     assert answer.status_code == 200 and answer.json() is None
     assert any("malformed grpc-timeout" in r.getMessage() for r in caplog.records)
+
+
+def pool_of(app: FastAPI) -> Any:
+    return app.state.resync_manager.pools["database"]
+
+
+async def test_background_tasks_run_after_the_answer_without_the_deadline(
+    client: httpx.AsyncClient,
+) -> None:
+    SEEN.clear()
+    answer = await client.get("/later", headers={"X-Request-Timeout": "0.05"})
+    assert answer.status_code == 200
+    assert SEEN == [None, 1]  # no deadline in force, and the lease was granted
 
 
 def test_header_forms() -> None:
