@@ -24,7 +24,11 @@ Rules of the contextvar:
   block restores the deadline that was in force before it;
 - the block itself is not interrupted when the time runs out: code that is
   not a pool call keeps running (wrap it in ``asyncio.timeout`` for that);
-  only the pools' calls are bounded.
+  only the pools' calls are bounded;
+- a lease keeps the deadline in force when it was taken: a tighter deadline
+  entered inside the body of a lease already held bounds the leases and HTTP
+  requests made in it, but not that lease's statements or Redis commands
+  (enter the deadline first, then take the lease).
 
 ``deadline()`` works as ``with`` (also around ``await``\\ s in a coroutine:
 enter and leave it in the same task) and as ``async with``. It imports nothing
