@@ -295,6 +295,12 @@ class Settings(BaseSettings):
         description="Bearer token of the admin endpoints (POST /pools/{name}/drain, /resize); "
         "unset: they do not exist.",
     )
+    RESYNC_TEST_SANDBOX: bool = Field(
+        default=False,
+        description="Tests only: a request carrying X-Resync-Sandbox runs its database leases "
+        "in that test sandbox's transaction, rolled back when the test ends "
+        "(resync/testing/README.md). Needs HOST on loopback; never set it in production.",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -457,6 +463,17 @@ class Settings(BaseSettings):
         broken = tls_problems(self)
         if broken:
             raise ValueError("; ".join(broken))
+        return self
+
+    @model_validator(mode="after")
+    def _check_test_sandbox(self) -> Settings:
+        # A deployed service binds a routable address; the sandbox header is for a
+        # server a test started on this machine, so anything else is refused.
+        if self.RESYNC_TEST_SANDBOX and self.HOST not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                "RESYNC_TEST_SANDBOX is for a server under test on this machine: HOST must be "
+                f"127.0.0.1, ::1 or localhost (got {self.HOST!r}); unset RESYNC_TEST_SANDBOX"
+            )
         return self
 
     @field_validator("ADMIN_TOKEN")

@@ -8,7 +8,8 @@ asks for through :func:`serve_app`), the example ``/api/kv`` router and its
 (README "In a FastAPI app"); ``create_app`` is the demo service.
 
 The admin endpoints (:mod:`resync.api.admin`) are mounted only when
-``ADMIN_TOKEN`` is set.
+``ADMIN_TOKEN`` is set; the test sandbox header (:mod:`resync.api.sandbox`) is
+honoured only when ``RESYNC_TEST_SANDBOX`` is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 from resync import __version__
 from resync.api import kv
 from resync.api.lifespan import include_resync_routes, resync_lifespan
+from resync.api.sandbox import install_sandbox_header
 from resync.core.pools.manager.specs import DATABASE_POOL
 from resync.core.pools.pool_manager import ConnectionPoolManager
 from resync.settings import Settings
@@ -63,6 +65,7 @@ def create_app(
     )
     app.state.resync_manager = manager
     include_resync_routes(app, admin=True, settings=settings)
+    install_sandbox_header(app, settings)  # RESYNC_TEST_SANDBOX only (tests)
     if include_examples:
         app.include_router(kv.router)
     return app

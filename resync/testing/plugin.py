@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -321,7 +322,30 @@ async def _open_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox
         yield box
     finally:
         box.deactivate(token)
-        await box.close()
+        try:
+            await _end_shared(box)
+        finally:
+            await box.close()
+
+
+async def _end_shared(box: Sandbox) -> None:
+    """Tell each server the sandbox was shared with to roll its sandbox back."""
+    if not box.shared_with:
+        return
+    import httpx
+
+    from resync.core.pools.database.sandbox import SANDBOX_HEADER
+
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for base in box.shared_with:
+            try:
+                await client.delete(f"{base}/_resync/sandbox", headers={SANDBOX_HEADER: box.id})
+            except httpx.HTTPError as exc:  # the server idles it out (60 s) instead
+                warnings.warn(
+                    f"resync sandbox: could not end the sandbox on {base} "
+                    f"({type(exc).__name__}); the server rolls it back once idle",
+                    stacklevel=1,
+                )
 
 
 def _scoped_sandbox(scope: str) -> Any:

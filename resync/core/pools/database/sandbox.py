@@ -88,6 +88,7 @@ from resync.core.pools.database.record import drop_connection, open_connection
 from resync.core.pools.kernel.lease import raise_mapped
 
 __all__ = [
+    "SANDBOX_HEADER",
     "Sandbox",
     "SandboxConnection",
     "active_sandbox",
@@ -101,6 +102,10 @@ logger = logging.getLogger("resync.pool")
 active_sandbox: ContextVar[Sandbox | None] = ContextVar("resync_sandbox", default=None)
 #: The innermost sandbox lease held in this context (leases under it nest).
 _holding: ContextVar[_Turn | None] = ContextVar("resync_sandbox_turn", default=None)
+
+#: The request header naming a sandbox, for a server under test that honours it
+#: (``RESYNC_TEST_SANDBOX``; see :mod:`resync.api.sandbox`).
+SANDBOX_HEADER = "X-Resync-Sandbox"
 
 #: Open sandboxes by id, for a server under test that honours the sandbox header.
 _by_id: weakref.WeakValueDictionary[str, Sandbox] = weakref.WeakValueDictionary()
@@ -288,6 +293,8 @@ class Sandbox:
         self._rooms: dict[str, _Room] = {}
         self._kinds: dict[tuple[int, str], Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Servers under test this sandbox was shared with (:meth:`share`).
+        self.shared_with: list[str] = []
         _by_id[self.id] = self
 
     def __repr__(self) -> str:
@@ -298,6 +305,20 @@ class Sandbox:
     def databases(self) -> int:
         """How many databases the sandbox holds a connection to."""
         return sum(1 for room in self._rooms.values() if room.conn is not None)
+
+    def share(self, base_url: str) -> dict[str, str]:
+        """The header that makes a server under test (``resync serve`` with
+        ``RESYNC_TEST_SANDBOX=true``) run a request in a sandbox of this id; the
+        pytest plugin ends that sandbox on ``base_url`` when the test ends.
+
+        No I/O here. The server's sandbox is its own (another process, another
+        connection): it sees what requests with the header wrote, not what this
+        process wrote through its pools.
+        """
+        url = base_url.rstrip("/")
+        if url not in self.shared_with:
+            self.shared_with.append(url)
+        return {SANDBOX_HEADER: self.id}
 
     def activate(self) -> Token[Sandbox | None]:
         """Make this the sandbox of the current context (and of tasks created in it)."""
