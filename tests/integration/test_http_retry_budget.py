@@ -9,12 +9,14 @@ its share of the requests (20 %) plus the floor (``min_per_second`` x 10 s).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from resync.core.exceptions import HTTPProtocolError
+import resync
+from resync.core.exceptions import HTTPDeadlineExceededError, HTTPProtocolError
 from resync.core.pools.base_pool import ConnectionPoolConfig
 from resync.core.pools.http_pool import HTTPConnectionPool
 from resync.core.pools.manager.specs import build_pool, pool_specs
@@ -103,6 +105,26 @@ async def test_a_budget_with_room_leaves_retries_as_they_were(upstream: Upstream
     finally:
         await pool.close()
     assert upstream.count("/drop") == ATTEMPTS
+
+
+async def test_retries_and_their_backoff_end_by_the_callers_deadline(upstream: Upstream) -> None:
+    config = ConnectionPoolConfig(pool_name="budget", min_size=0, max_size=2, connection_timeout=5)
+    pool = HTTPConnectionPool(
+        config,
+        upstream.url,
+        circuit_breaker=False,
+        retry=RetryPolicy(max_attempts=10, initial_backoff=1.0, max_backoff=1.0),
+    )
+    await pool.initialize()
+    try:
+        started = time.monotonic()
+        with resync.deadline(0.2), pytest.raises(HTTPDeadlineExceededError):
+            async with pool.get_connection() as client:
+                await client.get("/drop")
+        assert time.monotonic() - started < 0.7  # not 10 attempts with up to 1 s between
+    finally:
+        await pool.close()
+    assert upstream.count("/drop") < 10
 
 
 def test_settings_set_the_budget_of_the_http_pools() -> None:

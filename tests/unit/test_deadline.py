@@ -335,6 +335,29 @@ async def test_a_lease_that_ends_in_time_cancels_the_abort() -> None:
         await pool.close()
 
 
+async def test_without_a_deadline_the_backend_is_not_asked_to_bind_one() -> None:
+    pool = aborting_pool()
+    calls: list[object] = []
+    bind = pool._bind_deadline
+
+    def counting(connection: Any, deadline: resync.Deadline) -> Any:
+        calls.append(connection)
+        return bind(connection, deadline)
+
+    pool._bind_deadline = counting  # type: ignore[method-assign]
+    await pool.initialize()
+    try:
+        async with pool.get_connection():
+            pass
+        assert calls == [] and pool.released_with == [None]
+        with resync.deadline(5):
+            async with pool.get_connection() as conn:
+                pass
+        assert calls == [conn]
+    finally:
+        await pool.close()
+
+
 async def test_a_cancelled_lease_stays_cancelled() -> None:
     pool = aborting_pool()
     await pool.initialize()
