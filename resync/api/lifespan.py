@@ -123,7 +123,10 @@ def include_resync_routes(
       mounted only when ``ADMIN_TOKEN`` is set in ``settings`` (default: the
       process settings) -- without a token they do not exist (404);
     - ``error_contract``: the JSON error answers of :mod:`resync.api.errors`
-      (503 + Retry-After for an unavailable pool, no secret in any body).
+      (503 + Retry-After for an unavailable pool, no secret in any body), and
+      each request's deadline from its ``X-Request-Timeout`` or
+      ``grpc-timeout`` header (``resync.deadline()`` around the request; 504
+      ``deadline_exceeded`` when it runs out).
 
     Call before the app starts. The routes read the manager the lifespan put
     on ``app.state``; before it ran they answer 503 ``pool_not_configured``.
