@@ -22,7 +22,7 @@ twice as much per lease. The rules it keeps:
 - the caller's ``resync.deadline()`` caps the acquire timeout, refuses a lease
   once it passed, and bounds the calls on the leased connection
   (:mod:`resync.core.pools.kernel.deadlines`); with none set that costs one
-  contextvar read and one test per side.
+  contextvar read and four ``is None`` tests per lease (about 25 ns).
 """
 
 from __future__ import annotations
