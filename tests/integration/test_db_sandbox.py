@@ -471,3 +471,64 @@ async def test_same_key_everywhere(resync_manager, n):
     result = project.runpytest_subprocess("-n", "2", "-s")
     result.assert_outcomes(passed=6)
     assert pg_rows(pg_table) == 0
+
+
+def test_a_commit_sent_on_a_sqlite_driver_lease_is_found_and_fails_the_sandbox(
+    project: pytest.Pytester, sqlite_file: tuple[str, str]
+) -> None:
+    url, table = sqlite_file
+    write(
+        project,
+        url,
+        table,
+        """
+from resync.core.exceptions import DatabaseSandboxError
+
+@pytest.mark.resync_sandbox
+async def test_driver_commit(resync_manager):
+    pool = resync_manager.pool("database")
+    with pytest.raises(DatabaseSandboxError, match="sent COMMIT or ROLLBACK itself"):
+        async with pool.driver_connection() as conn:
+            await conn.execute(f"INSERT INTO {TABLE} (k) VALUES (1)")
+            await conn.commit()  # aiosqlite's own: ends the sandbox's transaction
+    with pytest.raises(DatabaseSandboxError, match="cannot be used any more"):
+        await insert(pool, 2)
+""",
+    )
+    project.runpytest().assert_outcomes(passed=1)
+    assert sqlite_rows(url, table) == 1  # the commit the sandbox could not stop
+
+
+@pytest.mark.postgres
+def test_an_endpoint_leasing_again_inside_its_dependency_nests(
+    project: pytest.Pytester, pg_table: str
+) -> None:
+    write(
+        project,
+        PG_URL,
+        pg_table,
+        APP
+        + """
+from starlette.middleware.base import BaseHTTPMiddleware
+
+@pytest.mark.resync_sandbox
+async def test_nested(resync_manager, resync_db_session):
+    await resync_db_session.execute(text(f"INSERT INTO {TABLE} (k) VALUES (1)"))
+    app = make_app(resync_manager)
+
+    async def passthrough(request, call_next):
+        return await call_next(request)
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=passthrough)  # runs the app in a task
+
+    @app.get("/twice")
+    async def twice(session: DBSession) -> list:
+        await session.execute(text(f"INSERT INTO {TABLE} (k) VALUES (2)"))
+        return await keys(resync_manager.pool("database"))  # a second lease, nested
+
+    async with LifespanManager(app), await call(app) as client:
+        assert (await client.get("/twice")).json() == [1, 2]
+""",
+    )
+    project.runpytest().assert_outcomes(passed=1)
+    assert pg_rows(pg_table) == 0

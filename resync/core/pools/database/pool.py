@@ -519,8 +519,11 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         out. Otherwise as ``get_connection()``: commit on clean exit, roll
         back on an exception, cancellation frees the slot; after ``close()``
         the "is shutdown" error. Writes belong on ``get_connection()``: a
-        replica refuses them (SQLSTATE 25006, a ``DatabaseError``).
+        replica refuses them (SQLSTATE 25006, a ``DatabaseError``). Inside a
+        test sandbox, reads go to the primary's sandbox (they see its writes).
         """
+        if active_sandbox.get() is not None:
+            return ReadLease(self, None)
         return self._topology.read_lease(self)
 
     @property
