@@ -291,11 +291,7 @@ async def adaptive(backend: str, capacity: float, seconds: float) -> dict[str, A
     after = [(t, v) for t, v in trace if t >= half]
     last = [v for t, v in after if t >= seconds - 1.0] or [SIZE]
     final = sum(last) / len(last)
-    settle = None
-    for index, (t, _) in enumerate(after):
-        if all(abs(v - final) <= 0.1 * final for _, v in after[index:]):
-            settle = round(t - half, 3)
-            break
+    settle, back = _settling(after, final, half)
     emit("tick", workload=f"overload {backend} adaptive", impl="on")
     return {
         "backend": backend,
@@ -308,12 +304,28 @@ async def adaptive(backend: str, capacity: float, seconds: float) -> dict[str, A
         "limit_min_after": min((v for _, v in after), default=None),
         "limit_final": round(final, 2),
         "settle_s": settle,
+        "back_at_final_s": back,
         "samples": limit_snapshot.get("samples"),
         "drops": limit_snapshot.get("drops"),
         "trace": trace,
         # After the change the pool of 2 x SIZE serves what SIZE served before.
         **outcomes.summary(half, capacity),
     }
+
+
+def _settling(
+    after: list[tuple[float, int]], final: float, half: float
+) -> tuple[float | None, float | None]:
+    """Seconds from the change until the limit stays within 10 % of ``final``,
+    and until it stays at ``round(final)`` itself (None: never)."""
+    settle = back = None
+    for index, (t, _) in enumerate(after):
+        rest = [v for _, v in after[index:]]
+        if settle is None and all(abs(v - final) <= 0.1 * final for v in rest):
+            settle = round(t - half, 3)
+        if back is None and all(v == round(final) for v in rest):
+            back = round(t - half, 3)
+    return settle, back
 
 
 async def run_all(
@@ -361,18 +373,21 @@ def table(records: list[dict[str, Any]]) -> list[str]:
         lines += [
             "",
             "| backend | max_size | service ms | limit before | lowest after | final "
-            "| settles in s | samples | drops | goodput after | admitted p99 ms after |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| within 10 % after s | back at final after s | samples | drops "
+            "| goodput after | goodput / capacity after | admitted p99 ms after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in adaptive_rows:
             before = r["limit_before"][0] if r["limit_before"] else ""
             settle = "" if r["settle_s"] is None else f"{r['settle_s']:.2f}"
+            back = r.get("back_at_final_s")
+            back_text = "" if back is None else f"{back:.2f}"
             lines.append(
                 f"| {r['backend']} | {r['max_size']} | "
                 f"{r['service_ms'][0]:g} -> {r['service_ms'][1]:g} | "
                 f"{before} | {r['limit_min_after']} | {r['limit_final']} | {settle} | "
-                f"{r['samples']} | {r['drops']} | {r['goodput']:.0%} | "
-                f"{_ms(r['admitted_p99_ms'])} |"
+                f"{back_text} | {r['samples']} | {r['drops']} | {r['goodput']:.0%} | "
+                f"{r['goodput_of_capacity']:.0%} | {_ms(r['admitted_p99_ms'])} |"
             )
     return lines
 
