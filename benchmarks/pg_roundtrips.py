@@ -47,6 +47,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -393,9 +394,13 @@ def _git(*args: str) -> str:
 
 
 def tree_state() -> dict[str, Any]:
-    """The commit the working tree is at, and the files of ``resync/`` changed since."""
+    """Now: the commit the working tree is at, and the files of ``resync/`` changed since.
+
+    Take it when a measurement starts: that is the code the measurement imports.
+    """
     dirty = [line[3:] for line in _git("status", "--porcelain", "--", "resync").splitlines()]
     return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "resync": "working tree",
         "commit": _git("rev-parse", "--short", "HEAD").strip(),
         "uncommitted_in_resync": dirty,
@@ -410,6 +415,7 @@ def _measure_at(rev: str, leases: int) -> dict[str, Any]:
     process: the child imports that ``resync`` (its working directory comes
     first on ``sys.path``), not the working tree's.
     """
+    started = {"started": datetime.now(UTC).isoformat(timespec="seconds")}
     commit = _git("rev-parse", "--short", rev).strip()
     if not commit:
         raise SystemExit(f"unknown revision {rev!r}")
@@ -429,7 +435,7 @@ def _measure_at(rev: str, leases: int) -> dict[str, Any]:
         command += ["--child-json", str(out)]
         subprocess.run(command, cwd=tmp, check=True)
         records = json.loads(out.read_text())
-    return {"resync": f"committed at {commit}", "commit": commit, "records": records}
+    return {"resync": f"committed at {commit}", "commit": commit, "records": records, **started}
 
 
 def _fmt(value: float) -> str:
@@ -489,7 +495,9 @@ def render(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
     ]
     for run in runs:
-        lines += [f"## {_state(run)}", "", *table(run["records"]), ""]
+        state = _state(run)
+        started = f" (measured from {run['started']})" if run.get("started") else ""
+        lines += [f"## {state[0].upper()}{state[1:]}{started}", "", *table(run["records"]), ""]
     return "\n".join(lines)
 
 

@@ -106,7 +106,8 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         [
             "# Resident memory across a million leases of each PostgreSQL lease kind",
             "",
-            f"Measured {meta.get('when')} on {meta.get('platform')}, Python "
+            f"Measured {meta.get('started') or meta.get('when')} (start) to "
+            f"{meta.get('when')} on {meta.get('platform')}, Python "
             f"{meta.get('python')}, at {state}. Rerun with "
             "`.venv/bin/python -m benchmarks.rss_leases` (writes this file and "
             "`rss_leases.json`); `make bench` runs the same rows in its `rss` part.",
@@ -141,9 +142,9 @@ def write(
     text = render(records, meta)
     for old in earlier or []:
         run = json.loads(old.read_text())
-        text += "\n".join(
+        text += "\n" + "\n".join(
             [
-                f"## Earlier run: {run['meta'].get('when')}, at {_state(run['meta'])}",
+                f"## Earlier run: started {run['meta'].get('started')}, at {_state(run['meta'])}",
                 "",
                 f"From `{old.name}`. {run['meta'].get('note', '')}".strip(),
                 "",

@@ -61,7 +61,9 @@ def run_part(part: str, loop: str, rounds: int, duration: float, args: argparse.
         async def rss() -> list[dict[str, Any]]:
             found = await workloads_memory.run_rss(args.rss_leases, args.rss_db_leases)
             if args.rss_pg_leases:
-                found += await rss_leases.run_pg(args.rss_pg_leases, budget=args.rss_budget)
+                count = args.rss_pg_leases
+                step = max(1, count // 10)
+                found += await rss_leases.run_pg(count, step=step, budget=args.rss_budget)
             return found
 
         return run(rss())

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from benchmarks import plots, report
+from benchmarks.harness import Row
 from benchmarks.pg_roundtrips import CountingProxy, WireParser, proxied_url
 
 pytestmark = pytest.mark.postgres
@@ -79,11 +80,15 @@ async def test_the_report_shows_the_counts_and_judges_them(tmp_path: Path) -> No
     meta = {"when": "now", "platform": "test", "python": "3", "cpus": 2, "load_start": 0.0}
     meta |= {"load_end": 0.0, "loops": ["asyncio"], "rounds": 1, "duration": 0.1}
     meta |= {"service_duration": 1, "versions": {}, "total_seconds": 1.0}
+    row = Row("lease", "lease: pg", "resync", 1, "asyncio", 10.0, 1.0, 1.0, 1.0, 1.0, 0, 1)
     path = report.write(
-        tmp_path, rows=[], rss=[], plan=[], meta=meta, plots=[png], failures=[], roundtrips=trips
+        tmp_path, rows=[row], rss=[], plan=[], meta=meta, plots=[png], failures=[], roundtrips=trips
     )
     text = path.read_text()
-    assert "| pg SELECT 1 | resync driver | **1** |" in text
+    assert "| pg SELECT 1 | resync driver | **1** |" in text  # the section
+    assert "| lease: pg | resync | asyncio | 1 | 10 |" in text and "| round trips |" in text
+    assert text.count("\n| lease: pg | resync | asyncio |") == 1
+    assert next(line for line in text.splitlines() if "| 1 | 10 |" in line).endswith("| 2 |")
     assert png.name in text and png.stat().st_size > 1000
     verdict = next(v for v in report.verdicts([], [], trips) if v["key"] == "roundtrips")
     assert (verdict["met"], verdict["checked"]) == (False, 2)
