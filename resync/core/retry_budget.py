@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from time import monotonic
 
+from resync.core.exceptions import ConfigurationError
+
 __all__ = ["RetryBudget"]
 
 # Tokens are kept in thousandths, so deposits of a fraction stay exact integers.
@@ -33,8 +35,8 @@ class RetryBudget:
     seconds, plus ``min_per_second x window`` (see the module docstring).
 
     ``percent`` 0 and ``min_per_second`` 0 allow no retry at all. Raises
-    ``ValueError`` for a negative, NaN or infinite value, or a ``window``
-    that is not at least 1 s.
+    :class:`~resync.core.exceptions.ConfigurationError` (a ``ValueError``)
+    for a negative, NaN or infinite value, or a ``window`` under 1 s.
     """
 
     __slots__ = (
@@ -52,9 +54,14 @@ class RetryBudget:
     ) -> None:
         for name, value in (("percent", percent), ("min_per_second", min_per_second)):
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"RetryBudget {name} must be a number >= 0, got {value!r}")
+                raise ConfigurationError(
+                    f"RetryBudget {name} must be a finite number >= 0, got {value!r} "
+                    "(percent: the share of recent requests that may be retried, e.g. 20)"
+                )
         if not math.isfinite(window) or window < 1:
-            raise ValueError(f"RetryBudget window must be at least 1 second, got {window!r}")
+            raise ConfigurationError(
+                f"RetryBudget window must be at least 1 second, got {window!r} (Finagle uses 10)"
+            )
         self.percent = float(percent)
         self.min_per_second = float(min_per_second)
         self.window = float(window)
