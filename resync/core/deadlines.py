@@ -1,7 +1,8 @@
 """Deadlines that travel: ``with resync.deadline(seconds):``.
 
 A deadline is an absolute point on the ``time.monotonic()`` clock (the clock
-asyncio's default loop runs on), held in a :class:`~contextvars.ContextVar`.
+asyncio's default loop runs on; under a virtual-time loop deadlines still run
+on real time), held in a :class:`~contextvars.ContextVar`.
 Inside the block every pool caps what it does by the time left:
 
 - the acquire timeout of every lease (queue, connect, validation) is at most
