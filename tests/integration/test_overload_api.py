@@ -90,3 +90,26 @@ async def test_a_sheddable_request_is_refused_first_and_a_default_one_queues() -
 def test_a_bad_priority_fails_when_the_route_is_declared() -> None:
     with pytest.raises(InvalidPriorityError, match="Pool 'workers': priority must be"):
         pool_lease("workers", priority="low")  # type: ignore[arg-type]
+
+
+async def test_every_database_lease_kind_takes_a_priority() -> None:
+    from resync.core.pools.db_pool import DatabaseConnectionPool
+
+    pool = DatabaseConnectionPool(
+        ConnectionPoolConfig(pool_name="lite", min_size=0, max_size=1, max_waiting=2),
+        "sqlite+aiosqlite:///:memory:",
+    )
+    await pool.initialize()
+    try:
+        async with pool.get_connection(priority="critical") as session:
+            assert session is not None
+        async with pool.connection(priority="sheddable") as conn:
+            assert conn is not None
+        async with pool.driver_connection(priority="default") as raw:
+            assert raw is not None
+        for lease in (pool.connection, pool.driver_connection, pool.get_connection):
+            with pytest.raises(InvalidPriorityError, match="Pool 'lite'"):
+                lease(priority="urgent")  # type: ignore[arg-type]
+        assert pool.stats.pool_hits == 3
+    finally:
+        await pool.close()

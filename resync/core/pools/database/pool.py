@@ -51,6 +51,7 @@ from resync.core.pools.database.sandbox import SandboxSessions, active_sandbox
 from resync.core.pools.database.stock import HOT_WINDOW, ConnectionStock
 from resync.core.pools.database.topology import Topology
 from resync.core.pools.database.url import DatabaseTarget, engine_arguments, parse_database_url
+from resync.core.pools.kernel.admission import DEFAULT, Priority, PriorityName
 from resync.core.pools.kernel.lease import Lease
 from resync.core.pools.kernel.pacing import ConnectBackoff
 from resync.core.pools.kernel.pool import ConnectionPool, ConnectionPoolConfig, PoolState
@@ -443,7 +444,7 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
 
     # --- leasing ------------------------------------------------------------------------
 
-    def connection(self) -> Lease[AsyncConnection]:
+    def connection(self, priority: Priority | PriorityName = DEFAULT) -> Lease[AsyncConnection]:
         """Lease SQLAlchemy Core's ``AsyncConnection``: ``async with pool.connection() as conn``.
 
         What ``engine.connect()`` gives, on a pooled connection, without an
@@ -451,14 +452,17 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         same commit rules and errors as :meth:`get_connection` (a refused
         commit, ``DatabaseCommitUnknownError``, a lost connection) and the
         same admission, timeouts, stats, breaker and cancellation guarantees.
-        Do not keep the connection past the block: it goes back to the pool.
+        ``priority`` as for :meth:`get_connection` (who is refused first under
+        overload). Do not keep the connection past the block: it goes back to
+        the pool.
         """
+        chosen = DEFAULT if priority is DEFAULT else self.priority_of(priority)
         box = active_sandbox.get()  # a test sandbox (resync.testing): its connection
         if box is None:
-            return Lease(self, self._core_leases)
-        return Lease(self, box.connections(self, self._map_error))
+            return Lease(self, self._core_leases, chosen)
+        return Lease(self, box.connections(self, self._map_error), chosen)
 
-    def driver_connection(self) -> Lease[Any]:
+    def driver_connection(self, priority: Priority | PriorityName = DEFAULT) -> Lease[Any]:
         """Lease the driver's own connection: ``async with pool.driver_connection() as conn``.
 
         An ``asyncpg.Connection`` (PostgreSQL) or ``aiosqlite.Connection``
@@ -470,12 +474,13 @@ class DatabaseConnectionPool(ConnectionPool[AsyncSession]):
         :meth:`get_connection`; a transaction left open is rolled back at
         release and a connection in an unknown state (cancelled or timed out
         mid-statement, broken) is discarded. After ``close()``: the "is
-        shutdown" error.
+        shutdown" error. ``priority`` as for :meth:`get_connection`.
         """
+        chosen = DEFAULT if priority is DEFAULT else self.priority_of(priority)
         box = active_sandbox.get()  # a test sandbox (resync.testing): its connection
         if box is None:
-            return Lease(self, self._driver_leases)
-        return Lease(self, box.drivers(self, self._driver_leases.map_error))
+            return Lease(self, self._driver_leases, chosen)
+        return Lease(self, box.drivers(self, self._driver_leases.map_error), chosen)
 
     async def _acquire_connection(self, timeout: float) -> AsyncSession:
         box = active_sandbox.get()  # a test sandbox (resync.testing): its connection

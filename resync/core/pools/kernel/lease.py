@@ -6,6 +6,10 @@ twice as much per lease. The rules it keeps:
 
 - a slot is taken (at once, or after a strictly FIFO wait) before the backend is
   asked for a connection, so ``max_size`` bounds leases for every backend;
+- a caller that cannot take a slot at once may be refused instead of queued
+  (``max_waiting`` by priority, queue management: ``AdmissionGate.refusal``),
+  or dropped from the queue by queue management, both as the pool's
+  overloaded error; all of it on the waiting path, none on the fast path;
 - the circuit breaker is asked before queuing, and a waiter handed a slot
   after the breaker opened fails fast too instead of connecting (one test of
   an attribute, on the waiting path only);
