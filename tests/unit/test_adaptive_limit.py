@@ -154,3 +154,28 @@ def test_without_adaptive_limit_the_use_histogram_is_plain() -> None:
     pool = InMemoryPool(ConnectionPoolConfig(pool_name="plain"))
     assert type(pool.use_histogram).__name__ == "Histogram"
     assert pool.adaptive_limit is None
+
+
+def test_resize_moves_the_adaptive_limits_bounds_not_past_them() -> None:
+    async def main() -> list[tuple[int, int, int]]:
+        pool = InMemoryPool(
+            ConnectionPoolConfig(
+                pool_name="rs",
+                min_size=2,
+                max_size=8,
+                adaptive_limit=True,
+                health_check_interval=0,
+            )
+        )
+        await pool.initialize()
+        limit = pool.adaptive_limit
+        assert limit is not None
+        seen = [(limit.floor, limit.limit, limit.ceiling)]
+        await pool.resize(1, 4)  # shrink: the limit is clamped to the new max_size
+        seen.append((limit.floor, limit.limit, limit.ceiling))
+        await pool.resize(3, 12)  # grow: the limit keeps its estimate (4) until leases raise it
+        seen.append((limit.floor, limit.limit, limit.ceiling))
+        await pool.close()
+        return seen
+
+    assert asyncio.run(main()) == [(2, 8, 8), (1, 4, 4), (3, 4, 12)]

@@ -254,9 +254,12 @@ class ResourcePool(ConnectionPool[T]):
     async def _replace_connections(self, interval: float | None) -> int:
         return await self._stock.replace_all(interval)
 
+    def _admission_capacity(self, max_size: int) -> int:
+        # Overflow leases stay admitted on top of max_size (the base resizes the
+        # gate, or the adaptive limit's ceiling, to this).
+        return max_size + self.overflow
+
     async def _apply_resize(self) -> None:
-        # The base set the gate to max_size; overflow leases stay admitted on top.
-        self._gate.resize(self.config.max_size + self.overflow)
         self._stock.resize(self.config)
 
     # --- health, stats, errors ----------------------------------------------------------------
