@@ -378,7 +378,12 @@ class AdmissionGate:
         return woken
 
     def snapshot(self) -> dict[str, Any]:
-        """Queue management and priority figures, for the pool's stats."""
+        """Queue management and priority figures, for the pool's stats.
+
+        ``dropping`` is the state as last judged (at the latest queue event):
+        a pool that went quiet while dropping shows it until its next queue
+        event, which leaves the state. Reading changes nothing.
+        """
         return {
             "queue_target": self.queue_target,
             "queue_interval": self.queue_interval,
