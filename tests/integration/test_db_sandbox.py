@@ -532,3 +532,84 @@ async def test_nested(resync_manager, resync_db_session):
     )
     project.runpytest().assert_outcomes(passed=1)
     assert pg_rows(pg_table) == 0
+
+
+# --- the sandbox itself, without pytester -------------------------------------------------
+
+
+async def _cancelled_leases(url: str, statement: str | None) -> None:
+    """A lease cancelled while waiting for its turn takes nothing; one cancelled while
+    held rolls back to its savepoint -- or, cancelled in the middle of ``statement``
+    (SQLAlchemy then invalidates the connection), breaks the sandbox. Either way
+    nothing stays in the database."""
+    from sqlalchemy import text
+
+    from resync.core.exceptions import DatabaseSandboxError
+    from resync.core.pools.base_pool import ConnectionPoolConfig
+    from resync.core.pools.database.sandbox import Sandbox
+    from resync.core.pools.db_pool import DatabaseConnectionPool
+
+    config = ConnectionPoolConfig(pool_name="sbx", min_size=1, max_size=3, connection_timeout=5)
+    pool = DatabaseConnectionPool(config, url)
+    table = f"sbx_cancel_{uuid.uuid4().hex[:8]}"
+    await pool.initialize()
+    try:
+        async with pool.get_connection() as session:
+            await session.execute(text(f"CREATE TABLE {table} (k int PRIMARY KEY)"))
+        box = Sandbox("direct")
+        token = box.activate()
+        try:
+            held = asyncio.Event()
+
+            async def hold() -> None:
+                async with pool.get_connection() as session:
+                    await session.execute(text(f"INSERT INTO {table} (k) VALUES (1)"))
+                    held.set()
+                    if statement is not None:
+                        await session.execute(text(statement))  # cancelled in here
+                    await asyncio.sleep(30)  # or in here
+
+            holder = asyncio.create_task(hold())
+            await held.wait()
+            waiter = asyncio.create_task(pool.get_connection().__aenter__())
+            await asyncio.sleep(0.05)
+            waiter.cancel()  # cancelled while waiting for its turn
+            await asyncio.sleep(0.05)
+            holder.cancel()
+            await asyncio.gather(holder, waiter, return_exceptions=True)
+            assert pool.stats.active_connections == 0
+            if statement is None:
+                async with pool.get_connection() as session:  # the sandbox is still usable
+                    rows = await session.execute(text(f"SELECT count(*) FROM {table}"))
+                    assert rows.scalar() == 0
+                    await session.execute(text(f"INSERT INTO {table} (k) VALUES (3)"))
+            else:
+                with pytest.raises(DatabaseSandboxError, match="invalidated"):
+                    async with pool.get_connection():
+                        pass
+        finally:
+            box.deactivate(token)
+            await box.close()
+        async with pool.get_connection() as session:  # rolled back
+            rows = await session.execute(text(f"SELECT count(*) FROM {table}"))
+            assert rows.scalar() == 0
+    finally:
+        async with pool.get_connection() as session:
+            await session.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        await pool.close()
+
+
+@pytest.mark.postgres
+async def test_cancelled_leases_free_their_turn_and_roll_back_their_savepoint_pg() -> None:
+    await _cancelled_leases(PG_URL, None)
+
+
+async def test_cancelled_leases_free_their_turn_and_roll_back_their_savepoint_sqlite(
+    tmp_path: Path,
+) -> None:
+    await _cancelled_leases(f"sqlite+aiosqlite:///{tmp_path}/cancel.db", None)
+
+
+@pytest.mark.postgres
+async def test_a_lease_cancelled_mid_statement_breaks_the_sandbox_and_leaves_nothing() -> None:
+    await _cancelled_leases(PG_URL, "SELECT pg_sleep(2)")

@@ -53,7 +53,10 @@ Timeouts, cancellation, close:
   connection ends the transaction on the server);
 - a lease cancelled while waiting for its turn takes nothing; cancelled
   while held, its savepoint is rolled back at release as for an error (the
-  cancellation propagates);
+  cancellation propagates). Cancelled in the middle of a statement,
+  SQLAlchemy invalidates the connection (its state is unknown), which breaks
+  the sandbox: later leases raise ``DatabaseSandboxError``, and the server
+  rolls the transaction back;
 - after :meth:`Sandbox.close`, a lease from a task that outlived the test
   raises ``DatabaseSandboxError`` instead of writing outside any sandbox.
 
@@ -73,7 +76,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any
@@ -92,7 +94,6 @@ __all__ = [
     "Sandbox",
     "SandboxConnection",
     "active_sandbox",
-    "find_sandbox",
     "outside_sandbox",
 ]
 
@@ -106,9 +107,6 @@ _holding: ContextVar[_Turn | None] = ContextVar("resync_sandbox_turn", default=N
 #: The request header naming a sandbox, for a server under test that honours it
 #: (``RESYNC_TEST_SANDBOX``; see :mod:`resync.api.sandbox`).
 SANDBOX_HEADER = "X-Resync-Sandbox"
-
-#: Open sandboxes by id, for a server under test that honours the sandbox header.
-_by_id: weakref.WeakValueDictionary[str, Sandbox] = weakref.WeakValueDictionary()
 
 _DRIVERS = ("asyncpg", "aiosqlite")
 #: SQLSTATE 25001 active_sql_transaction: "cannot run inside a transaction block".
@@ -132,12 +130,6 @@ def outside_sandbox() -> Iterator[None]:
         yield
     finally:
         _reset(active_sandbox, token, None)
-
-
-def find_sandbox(sandbox_id: str) -> Sandbox | None:
-    """The open sandbox of this process with ``sandbox_id``, if any."""
-    box = _by_id.get(sandbox_id)
-    return box if box is not None and not box.closed else None
 
 
 def _reset(var: ContextVar[Any], token: Token[Any], fallback: object) -> None:
@@ -248,6 +240,9 @@ class _Room:
         if conn is None:
             return
         outer, self.outer = self.outer, None
+        if conn.invalidated:  # nothing to roll back: abort (the server rolls back)
+            drop_connection(conn)
+            return
         try:
             async with asyncio.timeout(timeout):
                 if outer is not None and outer.is_active:
@@ -281,8 +276,7 @@ class Sandbox:
     Nothing is opened until the first lease; :meth:`activate` makes it the
     current context's sandbox, :meth:`close` rolls everything back. ``name``
     says whose sandbox it is in error messages (the test's node id); ``id`` is
-    a random token a server under test can be given to find it
-    (:func:`find_sandbox`).
+    a random token naming it to a server under test (:meth:`share`).
     """
 
     def __init__(self, name: str = "this test", *, close_timeout: float = 10.0) -> None:
@@ -295,7 +289,6 @@ class Sandbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Servers under test this sandbox was shared with (:meth:`share`).
         self.shared_with: list[str] = []
-        _by_id[self.id] = self
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -339,7 +332,6 @@ class Sandbox:
         if self.closed:
             return
         self.closed = True
-        _by_id.pop(self.id, None)
         rooms = list(self._rooms.values())
         self._rooms.clear()
         try:
@@ -503,8 +495,11 @@ class Sandbox:
             if not isinstance(exc, Exception):
                 raise
             return failure if failure is not None else exc
-        if error is not None and connection_lost(error):
-            room.fail("its connection broke")
+        conn = room.conn
+        if conn is not None and conn.invalidated:
+            # SQLAlchemy invalidates a connection whose statement a cancellation
+            # interrupted (or that broke): the outer transaction is gone with it.
+            room.fail("its connection was invalidated (a statement cut short or a lost connection)")
         return failure
 
 
