@@ -412,7 +412,12 @@ class Sandbox:
             room = self._rooms[key] = _Room(self, key, driver)
         return room
 
-    async def _take_turn(self, pool: Any, timeout: float) -> _Turn:
+    async def take_turn(self, pool: Any, timeout: float) -> _Turn:
+        """Wait (FIFO, at most ``timeout``) for the connection of ``pool``'s database,
+        opening it and its outer transaction on first use; nested under the lease
+        this context holds, if any. ``TimeoutError`` past ``timeout`` (the pool
+        maps it to its timeout error); ``DatabaseSandboxError`` when the sandbox
+        cannot serve ``pool``. Cancelled while waiting, it takes nothing."""
         room = self._room_for(pool)
         parent = _holding.get()
         while parent is not None and not (parent.active and parent.room is room):
@@ -440,15 +445,18 @@ class Sandbox:
         turn.token = _holding.set(turn)
         return turn
 
-    def _end_turn(self, turn: _Turn) -> None:
+    def end_turn(self, turn: _Turn) -> None:
+        """Give the connection to the next lease waiting for it (no I/O)."""
         turn.active = False
         if turn.token is not None:
             _reset(_holding, turn.token, turn.parent)
         turn.lock.release()
 
-    def _map(
+    def map_error(
         self, pool_name: str, error: BaseException, mapper: Callable[[BaseException], BaseException]
     ) -> BaseException:
+        """``DatabaseSandboxError`` for a statement that cannot run in a transaction
+        block (SQLSTATE 25001), else the pool's ``mapper``."""
         if sqlstate_of(error) == _NOT_IN_A_TRANSACTION:
             mapped = DatabaseSandboxError(
                 f"this statement cannot run inside a transaction block, and the test sandbox "
@@ -460,7 +468,7 @@ class Sandbox:
             return mapped
         return mapper(error)
 
-    async def _end_savepoint(
+    async def end_savepoint(
         self,
         turn: _Turn,
         pool_name: str,
@@ -519,10 +527,13 @@ class SandboxConnection(AsyncConnection):
         self.sync_connection = shared.sync_connection
         self._savepoint: AsyncTransaction | None = None
 
-    async def _start(self) -> None:
+    async def open_savepoint(self) -> None:
+        """Begin this lease's savepoint (the leasing does; call it only after
+        :meth:`end_savepoint`)."""
         self._savepoint = await super().begin_nested()
 
-    async def _finish(self, commit: bool) -> None:
+    async def end_savepoint(self, commit: bool) -> None:
+        """Release (``commit``) or roll back to this lease's savepoint, if one is open."""
         savepoint, self._savepoint = self._savepoint, None
         if savepoint is not None and savepoint.is_active:
             await (savepoint.commit() if commit else savepoint.rollback())
@@ -530,13 +541,13 @@ class SandboxConnection(AsyncConnection):
     async def commit(self) -> None:
         """Release this lease's savepoint and start the next (nothing is committed
         for real: the sandbox's outer transaction holds it)."""
-        await self._finish(True)
-        await self._start()
+        await self.end_savepoint(True)
+        await self.open_savepoint()
 
     async def rollback(self) -> None:
         """Roll back to this lease's savepoint and start the next."""
-        await self._finish(False)
-        await self._start()
+        await self.end_savepoint(False)
+        await self.open_savepoint()
 
     def begin(self) -> AsyncTransaction:
         """A savepoint (the sandbox's connection is already in a transaction)."""
@@ -544,7 +555,7 @@ class SandboxConnection(AsyncConnection):
 
     async def close(self) -> None:
         """Roll back to this lease's savepoint; the shared connection stays open."""
-        await self._finish(False)
+        await self.end_savepoint(False)
 
 
 class _Kind:
@@ -561,7 +572,7 @@ class _Kind:
     def map_error(self, error: BaseException) -> BaseException:
         """The pool's error for one raised inside the block; a statement that cannot
         run in a transaction block is a ``DatabaseSandboxError``."""
-        return self.box._map(self.pool.name, error, self._map_error)
+        return self.box.map_error(self.pool.name, error, self._map_error)
 
     def _raise(self, failure: BaseException) -> None:
         mapped = self.map_error(failure)
@@ -589,11 +600,11 @@ class SandboxSessions(_Kind):
 
     async def acquire(self, timeout: float) -> AsyncSession:
         """A session on the sandbox's connection, once it is this lease's turn."""
-        turn = await self.box._take_turn(self.pool, timeout)
+        turn = await self.box.take_turn(self.pool, timeout)
         try:
             session = self._factory(bind=turn.room.conn, join_transaction_mode="create_savepoint")
         except BaseException:
-            self.box._end_turn(turn)
+            self.box.end_turn(turn)
             raise
         self._turns[session] = turn
         return session
@@ -609,7 +620,7 @@ class SandboxSessions(_Kind):
                 await session.rollback()
 
         try:
-            failure = await self.box._end_savepoint(
+            failure = await self.box.end_savepoint(
                 turn, self.pool.name, self.timeout, finish, error
             )
             with contextlib.suppress(Exception):
@@ -618,7 +629,7 @@ class SandboxSessions(_Kind):
             if not isinstance(error, DatabaseSandboxError):  # that one says it all
                 turn.room.intact(self.pool.name)
         finally:
-            self.box._end_turn(turn)
+            self.box.end_turn(turn)
         if failure is not None:
             self._raise(failure)
         if error is not None and sqlstate_of(error) == _NOT_IN_A_TRANSACTION:
@@ -638,14 +649,14 @@ class SandboxCore(_Kind):
 
     async def acquire(self, timeout: float) -> SandboxConnection:
         """The sandbox's connection inside a new savepoint, once it is this lease's turn."""
-        turn = await self.box._take_turn(self.pool, timeout)
+        turn = await self.box.take_turn(self.pool, timeout)
         try:
             assert turn.room.conn is not None
             conn = SandboxConnection(turn.room.conn)
             async with asyncio.timeout(timeout):
-                await conn._start()
+                await conn.open_savepoint()
         except BaseException:
-            self.box._end_turn(turn)
+            self.box.end_turn(turn)
             raise
         self._turns[conn] = turn
         return conn
@@ -655,14 +666,14 @@ class SandboxCore(_Kind):
         assert isinstance(conn, SandboxConnection)
         turn = self._turns.pop(conn)
         try:
-            failure = await self.box._end_savepoint(
-                turn, self.pool.name, self.timeout, conn._finish, error
+            failure = await self.box.end_savepoint(
+                turn, self.pool.name, self.timeout, conn.end_savepoint, error
             )
             conn.sync_connection = None  # a kept reference is inert
             if not isinstance(error, DatabaseSandboxError):  # that one says it all
                 turn.room.intact(self.pool.name)
         finally:
-            self.box._end_turn(turn)
+            self.box.end_turn(turn)
         if failure is not None:
             self._raise(failure)
 
@@ -681,14 +692,14 @@ class SandboxDrivers(_Kind):
 
     async def acquire(self, timeout: float) -> Any:
         """The driver connection, inside a savepoint, once it is this lease's turn."""
-        turn = await self.box._take_turn(self.pool, timeout)
+        turn = await self.box.take_turn(self.pool, timeout)
         try:
             conn = turn.room.conn
             assert conn is not None
             async with asyncio.timeout(timeout):
                 savepoint = await conn.begin_nested()
         except BaseException:
-            self.box._end_turn(turn)
+            self.box.end_turn(turn)
             raise
         self._held.append((turn, savepoint))
         return _driver_of(conn)
@@ -702,12 +713,12 @@ class SandboxDrivers(_Kind):
                 await (savepoint.commit() if commit else savepoint.rollback())
 
         try:
-            failure = await self.box._end_savepoint(
+            failure = await self.box.end_savepoint(
                 turn, self.pool.name, self.timeout, finish, error
             )
             if not isinstance(error, DatabaseSandboxError):  # that one says it all
                 turn.room.intact(self.pool.name)
         finally:
-            self.box._end_turn(turn)
+            self.box.end_turn(turn)
         if failure is not None:
             self._raise(failure)
