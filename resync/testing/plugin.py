@@ -28,6 +28,9 @@ a savepoint per lease, rolled back at the end (see
 :mod:`resync.core.pools.database.sandbox`). ``resync.testing.outside_sandbox()``
 opts code out. Synchronous tests are never sandboxed (they run no loop the
 sandbox could live on): marking one is an error, the ini switch skips them.
+``resync_sandbox.share(base_url)`` gives the header a live ``resync serve``
+(``RESYNC_TEST_SANDBOX=true``) honours; the server's sandbox of that id is
+ended when the test ends. The manual: ``resync/testing/README.md``.
 
 Guards, around each guarded test:
 
