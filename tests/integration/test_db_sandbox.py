@@ -613,3 +613,24 @@ async def test_cancelled_leases_free_their_turn_and_roll_back_their_savepoint_sq
 @pytest.mark.postgres
 async def test_a_lease_cancelled_mid_statement_breaks_the_sandbox_and_leaves_nothing() -> None:
     await _cancelled_leases(PG_URL, "SELECT pg_sleep(2)")
+
+
+@pytest.mark.postgres
+async def test_an_autocommit_pool_cannot_be_sandboxed_and_says_so() -> None:
+    from resync.core.exceptions import DatabaseSandboxError
+    from resync.core.pools.base_pool import ConnectionPoolConfig
+    from resync.core.pools.database.sandbox import Sandbox
+    from resync.core.pools.db_pool import DatabaseConnectionPool
+
+    config = ConnectionPoolConfig(pool_name="autocommit", min_size=1, max_size=2)
+    pool = DatabaseConnectionPool(config, PG_URL, isolation_level="AUTOCOMMIT")
+    async with pool:
+        box = Sandbox("direct")
+        token = box.activate()
+        try:
+            with pytest.raises(DatabaseSandboxError, match=r"pool 'autocommit' runs .* AUTOCOMMIT"):
+                async with pool.get_connection():
+                    pass
+        finally:
+            box.deactivate(token)
+            await box.close()
