@@ -143,14 +143,19 @@ def priority_bound(max_waiting: int, priority: Priority) -> int:
 
 
 class _Waiter:
-    """One queued caller: its future, when it queued (loop time), its priority."""
+    """One queued caller: its future, when it queued and when it times out
+    (loop time), its priority, and its own timer if it has one (see ``wait``)."""
 
-    __slots__ = ("fut", "priority", "since")
+    __slots__ = ("expires", "fut", "own", "priority", "since")
 
-    def __init__(self, fut: asyncio.Future[Admission], since: float, priority: Priority) -> None:
+    def __init__(
+        self, fut: asyncio.Future[Admission], since: float, priority: Priority, expires: float
+    ) -> None:
         self.fut = fut
         self.since = since
         self.priority = priority
+        self.expires = expires
+        self.own: asyncio.TimerHandle | None = None
 
 
 def _expire(waiters: deque[_Waiter], waiter: _Waiter) -> None:
@@ -177,6 +182,9 @@ class AdmissionGate:
         "_closed",
         "_grants",
         "_rate",
+        "_tail",
+        "_timer",
+        "_timer_loop",
         "_waiters",
         "_window_end",
         "_window_fast",
@@ -207,6 +215,11 @@ class AdmissionGate:
         self.max_waiting = max_waiting
         self.in_use = 0
         self._waiters: deque[_Waiter] = deque()
+        # One timer for the whole queue (see wait): the expiry it is set for,
+        # and the latest expiry of a waiter that relies on it.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._tail = -math.inf
         self._closed = False
         self.on_empty: Callable[[], None] | None = None
         # Queue management: off unless both are > 0.
@@ -314,9 +327,23 @@ class AdmissionGate:
             self._clock = loop.time
             self._judge(now)
             self._window_queued = True
-        waiter = _Waiter(fut, now, priority)
+        # Timeouts: waiters queued with the same timeout also expire in queue
+        # order, so one timer serves them all -- set for the oldest one's expiry,
+        # it expires every waiter due and re-arms for the next (_on_timer). A
+        # grant costs no timer cancellation, a wait no timer of its own. Only a
+        # waiter due before one queued ahead of it (a shorter timeout: a caller's
+        # deadline) gets its own timer.
+        expires = now + timeout
+        waiter = _Waiter(fut, now, priority, expires)
         waiters.append(waiter)
-        timer = loop.call_later(timeout, _expire, waiters, waiter)
+        if expires < self._tail:
+            waiter.own = loop.call_at(expires, _expire, waiters, waiter)
+        else:
+            self._tail = expires
+            timer = self._timer
+            if timer is None or timer.cancelled() or self._timer_loop is not loop:
+                self._timer = loop.call_at(expires, self._on_timer)
+                self._timer_loop = loop
         try:
             return await fut
         except BaseException:
@@ -329,7 +356,41 @@ class AdmissionGate:
                     waiters.remove(waiter)
             raise
         finally:
-            timer.cancel()
+            if waiter.own is not None:
+                waiter.own.cancel()
+
+    def _on_timer(self) -> None:
+        """The queue's timer: time out every waiter due, then re-arm for the next."""
+        self._timer = None
+        waiters = self._waiters
+        if not waiters:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while waiters:  # the usual case: the due waiters are the oldest ones
+            head = waiters[0]
+            if head.fut.done():
+                waiters.popleft()
+            elif head.own is None and head.expires <= now:
+                waiters.popleft()
+                head.fut.set_result(TIMED_OUT)
+            else:
+                break
+        due: list[_Waiter] = []
+        upcoming = math.inf
+        for waiter in waiters:  # behind a waiter with its own timer (rare): look further
+            if waiter.own is not None or waiter.fut.done():
+                continue
+            if waiter.expires <= now:
+                due.append(waiter)
+            else:
+                upcoming = waiter.expires  # the chain is in expiry order
+                break
+        for waiter in due:
+            waiters.remove(waiter)
+            waiter.fut.set_result(TIMED_OUT)
+        if upcoming != math.inf and not self._closed:
+            self._timer = loop.call_at(upcoming, self._on_timer)
 
     def release(self) -> None:
         """Give one slot back: to the oldest live waiter, else to the free pool."""
@@ -369,6 +430,9 @@ class AdmissionGate:
         until released.
         """
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         woken = 0
         while self._waiters:
             fut = self._waiters.popleft().fut
