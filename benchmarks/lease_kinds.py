@@ -3,6 +3,7 @@
     python -m benchmarks.worker --part pg --loop asyncio --rounds 3 --duration 1 --out a.json
     python -m benchmarks.worker --part pg --loop uvloop --rounds 3 --duration 1 --out u.json
     python -m benchmarks.lease_kinds a.json u.json > artifacts/lease_kinds.md
+    python -m benchmarks.lease_kinds artifacts/benchmarks.json > artifacts/lease_kinds.md  # make bench's
 
 Every implementation ran in the same process, interleaved round by round
 (:func:`benchmarks.harness.compare`); ``ratio`` is the median of the
@@ -57,7 +58,10 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 def main(paths: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     for path in paths:
-        rows += json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
+        # A worker's output is a list of rows; make bench's benchmarks.json holds them in "rows".
+        found = data["rows"] if isinstance(data, dict) else data
+        rows += [row for row in found if row["workload"].startswith(("pg ", "lease: pg"))]
     print("# Database lease kinds beside asyncpg.Pool and SQLAlchemy\n")
     print((__doc__ or "").split("\n\n", 2)[2].strip() + "\n")
     print("\n".join(_table(rows)))
