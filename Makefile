@@ -61,7 +61,7 @@ test: check pytest
 bench-admission: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.bench_admission
 
-# The peer suite (about 10 minutes on 2 cores): artifacts/benchmarks.md, .json, *.png.
+# The peer suite (about 16 minutes on 2 cores): artifacts/benchmarks.md, .json, *.png.
 bench: $(BENCH_STAMP) services
 	@scripts/ensure-bench-tools.sh
 	$(BIN)/python -m benchmarks.run_all
