@@ -160,3 +160,20 @@ async def test_a_killed_backend_fails_the_next_lease_as_lost_never_as_a_server_e
         assert (stats["connection_errors"], stats["server_errors"]) == (lost, 0)
         async with pool.driver_connection() as conn:
             assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_a_release_with_nothing_to_send_arms_no_timer(pg_url: str) -> None:
+    # A caller that never yields (hot leases send nothing) must not pile up timers:
+    # each cancelled asyncio.timeout() stays in the loop's heap until the loop runs,
+    # which grew RSS by 200 MB over a million leases (artifacts/rss_leases.md).
+    config = ConnectionPoolConfig(pool_name="driver-timers", min_size=1, max_size=1)
+    async with DatabaseConnectionPool(config, pg_url) as pool:
+        async with pool.driver_connection() as conn:
+            await conn.execute("SELECT 1")  # hot from here on
+        loop = asyncio.get_running_loop()
+        scheduled = loop._scheduled  # type: ignore[attr-defined]  # asyncio's timer heap
+        before = len(scheduled)
+        for _ in range(200):
+            async with pool.driver_connection():
+                pass
+        assert len(scheduled) - before < 10
