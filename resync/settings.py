@@ -113,12 +113,14 @@ class Settings(BaseSettings):
     DB_POOL_QUEUE_TARGET: float = Field(
         default=0.0,
         ge=0,
+        le=3600,
         description="Queue management (CoDel): the wait a queued lease should get within (s), "
         "e.g. 0.05; set with DB_POOL_QUEUE_INTERVAL. 0 = off.",
     )
     DB_POOL_QUEUE_INTERVAL: float = Field(
         default=0.0,
         ge=0,
+        le=3600,
         description="Queue management: when no queued lease got a connection within the target "
         "for this long (s), e.g. 1.0, leases past 2x the target fail at once (503). 0 = off.",
     )
@@ -198,10 +200,16 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
     )
     REDIS_POOL_QUEUE_TARGET: float = Field(
-        default=0.0, ge=0, description="Queue management target (s), as DB_POOL_QUEUE_TARGET."
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Queue management target (s), as DB_POOL_QUEUE_TARGET.",
     )
     REDIS_POOL_QUEUE_INTERVAL: float = Field(
-        default=0.0, ge=0, description="Queue management interval (s), as DB_POOL_QUEUE_INTERVAL."
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Queue management interval (s), as DB_POOL_QUEUE_INTERVAL.",
     )
     REDIS_POOL_ADAPTIVE_LIMIT: bool = Field(
         default=False, description="Adaptive concurrency limit, as DB_POOL_ADAPTIVE_LIMIT."
@@ -236,10 +244,16 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Warn about leases held longer (s); 0 = off."
     )
     HTTP_POOL_QUEUE_TARGET: float = Field(
-        default=0.0, ge=0, description="Queue management target (s), as DB_POOL_QUEUE_TARGET."
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Queue management target (s), as DB_POOL_QUEUE_TARGET.",
     )
     HTTP_POOL_QUEUE_INTERVAL: float = Field(
-        default=0.0, ge=0, description="Queue management interval (s), as DB_POOL_QUEUE_INTERVAL."
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Queue management interval (s), as DB_POOL_QUEUE_INTERVAL.",
     )
     HTTP_POOL_ADAPTIVE_LIMIT: bool = Field(
         default=False, description="Adaptive concurrency limit, as DB_POOL_ADAPTIVE_LIMIT."
@@ -488,6 +502,28 @@ class Settings(BaseSettings):
         url = self.REDIS_URL or ""
         if self.REDIS_SENTINEL_PASSWORD is not None and not url.startswith("redis+sentinel://"):
             raise ValueError("REDIS_SENTINEL_PASSWORD needs a redis+sentinel:// REDIS_URL")
+        return self
+
+    @model_validator(mode="after")
+    def _check_queue_management(self) -> Settings:
+        # The pool config's own rule, checked here so a bad pair names its variables
+        # at start-up instead of failing when the pool is built.
+        broken = []
+        for prefix in BACKEND_PREFIXES.values():
+            target = getattr(self, f"{prefix}_POOL_QUEUE_TARGET")
+            interval = getattr(self, f"{prefix}_POOL_QUEUE_INTERVAL")
+            if (target > 0) != (interval > 0):
+                broken.append(
+                    f"{prefix}_POOL_QUEUE_TARGET ({target:g}) and {prefix}_POOL_QUEUE_INTERVAL "
+                    f"({interval:g}) must be set together (e.g. 0.05 and 1.0), or both 0 (off)"
+                )
+            elif target and target >= interval:
+                broken.append(
+                    f"{prefix}_POOL_QUEUE_TARGET ({target:g}) must be shorter than "
+                    f"{prefix}_POOL_QUEUE_INTERVAL ({interval:g})"
+                )
+        if broken:
+            raise ValueError("; ".join(broken))
         return self
 
     @model_validator(mode="after")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from resync.core.exceptions import PoolConfigError
+from resync.core.exceptions import PoolConfigError, SettingsError
+from resync.core.pools import ConnectionPoolConfig
 from resync.core.pools.manager.specs import pool_specs
 from resync.settings import Settings
 
@@ -51,10 +52,34 @@ def test_each_backends_settings_reach_its_pool(monkeypatch: pytest.MonkeyPatch) 
     }
 
 
-def test_a_target_without_an_interval_fails_naming_the_pool(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("environ", "rule", "named"),
+    [
+        ({"DB_POOL_QUEUE_TARGET": "0.05"}, "must be set together", ["DB_POOL_QUEUE_INTERVAL"]),
+        ({"REDIS_POOL_QUEUE_INTERVAL": "1"}, "must be set together", ["REDIS_POOL_QUEUE_TARGET"]),
+        (
+            {"HTTP_POOL_QUEUE_TARGET": "2", "HTTP_POOL_QUEUE_INTERVAL": "1"},
+            "must be shorter",
+            ["HTTP_POOL_QUEUE_TARGET", "HTTP_POOL_QUEUE_INTERVAL"],
+        ),
+        ({"DB_POOL_QUEUE_TARGET": "inf"}, "finite", ["DB_POOL_QUEUE_TARGET"]),
+        ({"DB_POOL_QUEUE_INTERVAL": "1e9"}, "less than or equal", ["DB_POOL_QUEUE_INTERVAL"]),
+    ],
+)
+def test_a_bad_queue_setting_is_a_settings_error_naming_its_variables(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], rule: str, named: list[str]
 ) -> None:
-    monkeypatch.setenv("DB_POOL_QUEUE_TARGET", "0.05")
+    # Found by the generated-environment test: an interval alone passed the
+    # settings and failed later, when the pool was built.
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=rule) as info:
+        Settings()
+    shown = " ".join(name for name, _ in info.value.errors) + str(info.value)
+    assert all(name in shown for name in named)
+
+
+def test_a_config_with_a_target_alone_fails_naming_the_pool() -> None:
     with pytest.raises(PoolConfigError, match="must be set together") as info:
-        pool_specs(Settings())
-    assert info.value.pool_name == "database"
+        ConnectionPoolConfig(pool_name="reports", queue_target=0.05)
+    assert info.value.pool_name == "reports"
