@@ -275,6 +275,7 @@ class Settings(BaseSettings):
     HTTP_RETRY_BUDGET_MIN_PER_SECOND: float = Field(
         default=10.0,
         ge=0,
+        le=1_000_000,
         description="...plus this many retries per second (a reserve of 10x it over the window), "
         "so a pool with few requests can still retry a blip.",
     )

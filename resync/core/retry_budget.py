@@ -30,6 +30,10 @@ __all__ = ["RetryBudget"]
 _SCALE = 1000
 
 
+#: The largest percent or rate a budget takes (beyond it the integer arithmetic overflows).
+_MAX_RATE = 1_000_000.0
+
+
 class RetryBudget:
     """Retries allowed: ``percent`` % of the requests of the last ``window``
     seconds, plus ``min_per_second x window`` (see the module docstring).
@@ -53,10 +57,11 @@ class RetryBudget:
         self, percent: float = 20.0, min_per_second: float = 10.0, window: float = 10.0
     ) -> None:
         for name, value in (("percent", percent), ("min_per_second", min_per_second)):
-            if not math.isfinite(value) or value < 0:
+            if not math.isfinite(value) or not 0 <= value <= _MAX_RATE:
                 raise ConfigurationError(
-                    f"RetryBudget {name} must be a finite number >= 0, got {value!r} "
-                    "(percent: the share of recent requests that may be retried, e.g. 20)"
+                    f"RetryBudget {name} must be a number from 0 to {_MAX_RATE:,.0f}, got "
+                    f"{value!r} (percent: the share of recent requests that may be retried, "
+                    "e.g. 20; min_per_second: retries always allowed per second, e.g. 10)"
                 )
         if not math.isfinite(window) or window < 1:
             raise ConfigurationError(

@@ -83,3 +83,10 @@ def test_a_config_with_a_target_alone_fails_naming_the_pool() -> None:
     with pytest.raises(PoolConfigError, match="must be set together") as info:
         ConnectionPoolConfig(pool_name="reports", queue_target=0.05)
     assert info.value.pool_name == "reports"
+
+
+def test_a_huge_retry_floor_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1e308 passed the settings and overflowed when the HTTP pool was built.
+    monkeypatch.setenv("HTTP_RETRY_BUDGET_MIN_PER_SECOND", "1e308")
+    with pytest.raises(SettingsError, match="HTTP_RETRY_BUDGET_MIN_PER_SECOND"):
+        Settings()

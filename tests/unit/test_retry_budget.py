@@ -79,6 +79,8 @@ def test_can_retry_takes_nothing(clock: Clock) -> None:
         ({"min_per_second": float("nan")}, "min_per_second"),
         ({"percent": float("inf")}, "percent"),
         ({"window": 0.5}, "window"),
+        ({"min_per_second": 1e308}, "min_per_second"),  # overflowed the reserve (CI's fuzz)
+        ({"percent": 1e300}, "percent"),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict[str, float], match: str) -> None:
