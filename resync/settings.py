@@ -537,6 +537,18 @@ class Settings(BaseSettings):
                 broken.append(
                     f"{prefix}_POOL_MAX_SIZE ({high}) must be >= {prefix}_POOL_MIN_SIZE ({low})"
                 )
+        for name, entry in self.POOLS.items():  # an unset max_size is its backend's
+            if entry.min_size is None:
+                continue  # an unset min_size follows max_size down (see manager/specs.py)
+            prefix = BACKEND_PREFIXES[entry.backend]
+            high = entry.max_size
+            if high is None:
+                high = getattr(self, f"{prefix}_POOL_MAX_SIZE")
+            if high < entry.min_size:
+                broken.append(
+                    f"POOLS.{name}: max_size ({high}) must be >= min_size ({entry.min_size}); "
+                    f"an unset max_size is {prefix}_POOL_MAX_SIZE"
+                )
         if broken:
             raise ValueError("; ".join(broken))
         return self

@@ -28,7 +28,14 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from resync.core.pools.redis.url import CLUSTER_SCHEMES, SENTINEL_SCHEMES, STANDALONE_SCHEMES
 from resync.core.redact import mask_url
@@ -89,6 +96,28 @@ class NamedPool(BaseModel):
         if backend == "database" and value.lower().startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL url must name its driver: postgresql+asyncpg://")
         return value
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> NamedPool:
+        # The pool config's rules between fields, checked here so a bad entry fails
+        # at start-up naming its keys, not when the pool is built.
+        if (
+            self.min_size is not None
+            and self.max_size is not None
+            and self.max_size < self.min_size
+        ):
+            raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+        target, interval = self.queue_target or 0.0, self.queue_interval or 0.0
+        if (target > 0) != (interval > 0):
+            raise ValueError(
+                f"queue_target ({target:g}) and queue_interval ({interval:g}) must be set "
+                "together (e.g. 0.05 and 1.0), or both left out (off)"
+            )
+        if target and target >= interval:
+            raise ValueError(
+                f"queue_target ({target:g}) must be shorter than queue_interval ({interval:g})"
+            )
+        return self
 
     @field_serializer("url", when_used="always")
     def _masked_url(self, value: str) -> str:

@@ -90,3 +90,22 @@ def test_a_huge_retry_floor_is_a_settings_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HTTP_RETRY_BUDGET_MIN_PER_SECOND", "1e308")
     with pytest.raises(SettingsError, match="HTTP_RETRY_BUDGET_MIN_PER_SECOND"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("entry", "rule"),
+    [
+        ('"queue_interval": 1', "must be set together"),
+        ('"queue_target": 2, "queue_interval": 1', "must be shorter"),
+        ('"min_size": 5, "max_size": 2', r"max_size \(2\) must be >= min_size \(5\)"),
+        ('"min_size": 50', r"max_size \(10\) must be >= min_size \(50\).*DB_POOL_MAX_SIZE"),
+    ],
+)
+def test_a_pools_entry_breaking_a_rule_between_fields_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch, entry: str, rule: str
+) -> None:
+    # These passed the settings and failed only when the pool was built.
+    monkeypatch.setenv("POOLS", '{"r": {"url": "sqlite+aiosqlite:///:memory:", ' + entry + "}}")
+    with pytest.raises(SettingsError, match=rule) as info:
+        Settings()
+    assert "POOLS" in str(info.value)
