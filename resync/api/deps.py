@@ -41,8 +41,8 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resync.api.errors import SETUP_HINTS
-from resync.core.exceptions import InvalidPriorityError, ManagerError, PoolNotFoundError
-from resync.core.pools.kernel.admission import DEFAULT, Priority, PriorityName
+from resync.core.exceptions import ManagerError, PoolNotFoundError
+from resync.core.pools.kernel.admission import DEFAULT, Priority, PriorityName, parse_priority
 from resync.core.pools.kernel.state import PoolState
 from resync.core.pools.manager.health import HealthState
 from resync.core.pools.manager.specs import DATABASE_POOL, HTTP_POOL, REDIS_POOL
@@ -161,19 +161,6 @@ async def get_http_client(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def _priority(name: str, priority: object) -> Priority:
-    if isinstance(priority, str):
-        try:
-            return Priority(priority)
-        except ValueError:
-            pass
-    raise InvalidPriorityError(
-        f"Pool '{name}': priority must be 'critical', 'default' or 'sheddable' "
-        f"(resync.core.pools.Priority), got {priority!r}",
-        pool_name=name,
-    )
-
-
 def pool_lease(name: str, priority: Priority | PriorityName = DEFAULT) -> Any:
     """``Depends`` leasing from the manager's pool ``name`` for one request.
 
@@ -185,7 +172,7 @@ def pool_lease(name: str, priority: Priority | PriorityName = DEFAULT) -> Any:
     is checked here, when the route is declared: anything but ``critical``,
     ``default`` or ``sheddable`` raises ``InvalidPriorityError``.
     """
-    chosen = _priority(name, priority)
+    chosen = parse_priority(priority, name)
 
     async def lease(manager: Manager) -> AsyncIterator[Any]:
         async with _pool(manager, name).get_connection(priority=chosen) as connection:

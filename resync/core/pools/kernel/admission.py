@@ -68,6 +68,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
+from resync.core.exceptions import InvalidPriorityError
+
 __all__ = [
     "CLOSED",
     "DROPPED",
@@ -77,6 +79,7 @@ __all__ = [
     "AdmissionGate",
     "Priority",
     "PriorityName",
+    "parse_priority",
     "priority_bound",
 ]
 
@@ -124,6 +127,21 @@ SHEDDABLE = Priority.SHEDDABLE
 #: drain within this many ``queue_target`` (below the 2 x target drop age,
 #: leaving room for the jitter of service times).
 ADMIT_FACTOR = 1.5
+
+
+def parse_priority(value: object, pool_name: str) -> Priority:
+    """``value`` (a :class:`Priority` or its name) as a :class:`Priority`;
+    :class:`~resync.core.exceptions.InvalidPriorityError` naming the pool otherwise."""
+    if isinstance(value, str):  # a Priority is a str too
+        try:
+            return Priority(value)
+        except ValueError:
+            pass
+    raise InvalidPriorityError(
+        f"Pool '{pool_name}': priority must be 'critical', 'default' or 'sheddable' "
+        f"(resync.core.pools.Priority), got {value!r}",
+        pool_name=pool_name,
+    )
 
 
 def priority_bound(max_waiting: int, priority: Priority) -> int:

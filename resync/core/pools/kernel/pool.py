@@ -32,13 +32,18 @@ from resync.core.deadlines import Deadline
 from resync.core.exceptions import (
     GENERIC_ERRORS,
     ErrorFamily,
-    InvalidPriorityError,
     PoolConfigError,
     ResyncError,
 )
 from resync.core.metrics import Histogram
 from resync.core.pools.kernel.adaptive import AdaptiveLimit, LeaseTimeFeed
-from resync.core.pools.kernel.admission import DEFAULT, AdmissionGate, Priority, PriorityName
+from resync.core.pools.kernel.admission import (
+    DEFAULT,
+    AdmissionGate,
+    Priority,
+    PriorityName,
+    parse_priority,
+)
 from resync.core.pools.kernel.config import ConnectionPoolConfig
 from resync.core.pools.kernel.errors import PoolErrorMessages
 from resync.core.pools.kernel.health import HealthResult, PoolHealthChecks
@@ -314,16 +319,7 @@ class ConnectionPool(PoolErrorMessages, PoolHealthChecks, ABC, Generic[Connectio
     def priority_of(self, priority: object) -> Priority:
         """``priority`` as a :class:`Priority`; :class:`InvalidPriorityError` naming
         this pool if it is not ``critical``, ``default`` or ``sheddable``."""
-        if isinstance(priority, str):
-            try:
-                return Priority(priority)
-            except ValueError:
-                pass
-        raise InvalidPriorityError(
-            f"Pool '{self.name}': priority must be 'critical', 'default' or 'sheddable' "
-            f"(resync.core.pools.Priority), got {priority!r}",
-            pool_name=self.name,
-        )
+        return parse_priority(priority, self.name)
 
     def check_usable(self) -> None:
         """Raise the family's error unless the pool is ready and on the current loop.
