@@ -78,7 +78,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
@@ -96,6 +96,10 @@ __all__ = [
     "active_sandbox",
     "outside_sandbox",
 ]
+
+
+#: The kind of lease a sandbox builds for a pool (see Sandbox._kind).
+_K = TypeVar("_K")
 
 logger = logging.getLogger("resync.pool")
 
@@ -351,30 +355,26 @@ class Sandbox:
         map_error: Callable[[BaseException], BaseException],
     ) -> SandboxSessions:
         """The ``get_connection()`` kind of ``pool`` inside this sandbox."""
-        key = (id(pool), "session")
-        kind = self._kinds.get(key)
-        if kind is None:
-            kind = self._kinds[key] = SandboxSessions(self, pool, factory, map_error)
-        return kind
+        return self._kind(pool, "session", lambda: SandboxSessions(self, pool, factory, map_error))
 
     def connections(
         self, pool: Any, map_error: Callable[[BaseException], BaseException]
     ) -> SandboxCore:
         """The ``connection()`` kind of ``pool`` inside this sandbox."""
-        key = (id(pool), "core")
-        kind = self._kinds.get(key)
-        if kind is None:
-            kind = self._kinds[key] = SandboxCore(self, pool, map_error)
-        return kind
+        return self._kind(pool, "core", lambda: SandboxCore(self, pool, map_error))
 
     def drivers(
         self, pool: Any, map_error: Callable[[BaseException], BaseException]
     ) -> SandboxDrivers:
         """The ``driver_connection()`` kind of ``pool`` inside this sandbox."""
-        key = (id(pool), "driver")
-        kind = self._kinds.get(key)
+        return self._kind(pool, "driver", lambda: SandboxDrivers(self, pool, map_error))
+
+    def _kind(self, pool: Any, tag: str, build: Callable[[], _K]) -> _K:
+        """The one ``tag`` kind of ``pool`` in this sandbox, built on first use."""
+        key = (id(pool), tag)
+        kind: _K | None = self._kinds.get(key)
         if kind is None:
-            kind = self._kinds[key] = SandboxDrivers(self, pool, map_error)
+            kind = self._kinds[key] = build()
         return kind
 
     # --- turns ------------------------------------------------------------------------

@@ -305,15 +305,10 @@ class ConnectionStock:
             # connection used within the bypass window and not suspected
             # since is handed out with no I/O (HikariCP's aliveBypassWindowMs).
             window = self.ping_after if transactional else min(self.ping_after, self.bypass)
-            if now is None or (
-                now - held.idle_since < window and held.idle_since > self.suspect_since
-            ):
+            if self._trusted(held, now, window):
                 return True
             check: Callable[[], Awaitable[object]] = partial(held.conn.run_sync, ping_connection)
-        elif held.swappable and (
-            now is None
-            or (now - held.idle_since < self.bypass and held.idle_since > self.suspect_since)
-        ):
+        elif held.swappable and self._trusted(held, now, self.bypass):
             # Hot (or just opened): the BEGIN goes with the first statement,
             # and a dead connection is replaced then (lazy_begin).
             self._armed[held.dbapi] = held
@@ -337,6 +332,12 @@ class ConnectionStock:
             logger.info("pool '%s': dropped a dead connection: %s", self.name, self._scrub(exc))
             return False
         return True
+
+    def _trusted(self, held: ConnectionRecord, now: float | None, window: float) -> bool:
+        """Just opened (``now`` None), or used within ``window`` s and not suspected since?"""
+        return now is None or (
+            now - held.idle_since < window and held.idle_since > self.suspect_since
+        )
 
     def untouched(self, held: ConnectionRecord) -> bool:
         """Has nothing been sent on ``held`` since its hot checkout (its BEGIN still waits)?"""
