@@ -39,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -309,49 +311,26 @@ class Peers:
     def lease_only(self) -> dict[str, Op]:
         apg, pg3, engine, pool = self.asyncpg, self.psycopg, self.engine, self.resync
         bare, sessions = self.asyncpg_bare, self.sessions
-        yield_once = asyncio.sleep
 
-        async def via_asyncpg() -> None:
-            async with apg.acquire():
-                await yield_once(0)
+        def hold(lease: Callable[[], AbstractAsyncContextManager[object]]) -> Op:
+            """Check out, yield to the loop once, check in: nothing else."""
 
-        async def via_psycopg() -> None:
-            async with pg3.connection():
-                await yield_once(0)
+            async def op() -> None:
+                async with lease():
+                    await asyncio.sleep(0)
 
-        async def via_sqlalchemy() -> None:
-            async with sessions.begin():
-                await yield_once(0)
+            return op
 
-        async def via_sqlalchemy_core() -> None:
-            async with engine.connect():
-                await yield_once(0)
-
-        async def via_resync() -> None:
-            async with pool.get_connection():
-                await yield_once(0)
-
-        async def via_asyncpg_bare() -> None:
-            async with bare.acquire():
-                await yield_once(0)
-
-        async def via_resync_driver() -> None:
-            async with pool.driver_connection():
-                await yield_once(0)
-
-        async def via_resync_core() -> None:
-            async with pool.connection():
-                await yield_once(0)
-
+        # In the order of IMPLS; each peer's lease as its docs show it.
         return _ops(
-            via_asyncpg,
-            via_asyncpg_bare,
-            via_psycopg,
-            via_sqlalchemy,
-            via_sqlalchemy_core,
-            via_resync,
-            via_resync_driver,
-            via_resync_core,
+            hold(apg.acquire),
+            hold(bare.acquire),
+            hold(pg3.connection),
+            hold(sessions.begin),
+            hold(engine.connect),
+            hold(pool.get_connection),
+            hold(pool.driver_connection),
+            hold(pool.connection),
         )
 
 
