@@ -35,13 +35,6 @@ async def pool(pg_url: str) -> AsyncIterator[DatabaseConnectionPool]:
 
 
 @pytest.fixture
-async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def table(admin: asyncpg.Connection) -> AsyncIterator[str]:
     name = f"replaced_{uuid.uuid4().hex[:10]}"
     await admin.execute(f"CREATE TABLE {name} (n int)")
